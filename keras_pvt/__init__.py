@@ -1,0 +1,25 @@
+"""keras_pvt: Pyramid Vision Transformers for Keras 3 (TensorFlow, JAX, PyTorch)."""
+
+from keras_pvt import layers
+from keras_pvt.checkpoints import CheckpointError
+from keras_pvt.convert import convert_to_preset
+from keras_pvt.hub import PresetError
+from keras_pvt.models.pvt_v2 import (
+    PVTv2Backbone,
+    PVTv2Classifier,
+    PVTv2ImageClassifierPreprocessor,
+    PVTv2ImageConverter,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError",
+    "PVTv2Backbone",
+    "PVTv2Classifier",
+    "PVTv2ImageClassifierPreprocessor",
+    "PVTv2ImageConverter",
+    "PresetError",
+    "convert_to_preset",
+    "layers",
+]

@@ -1,0 +1,165 @@
+"""Turning a transformers / timm / original checkpoint into a Keras model or preset."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from keras_pvt.checkpoints.io import CheckpointError, find_weights_file, read_state_dict
+from keras_pvt.checkpoints.keymap import load_state_dict_into
+from keras_pvt.models import FAMILIES
+from keras_pvt.models.family import Family
+
+_INTERPOLATIONS = {0: "nearest", 1: "lanczos3", 2: "bilinear", 3: "bicubic"}
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint read from disk: its tensors and, for directories, its configs."""
+
+    path: Path
+    weights_path: Path
+    state_dict: dict
+    config: dict | None = None
+    preprocessor_config: dict | None = None
+
+
+def _read_json(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError as error:
+        raise CheckpointError(f"{path}: invalid JSON ({error}).") from error
+
+
+def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Reads a checkpoint directory (config.json + weights) or a single weights file."""
+    path = Path(path)
+    if path.is_dir():
+        weights = find_weights_file(path)
+        return Checkpoint(
+            path=path,
+            weights_path=weights,
+            state_dict=read_state_dict(weights),
+            config=_read_json(path / "config.json"),
+            preprocessor_config=_read_json(path / "preprocessor_config.json"),
+        )
+    if path.is_file():
+        return Checkpoint(path=path, weights_path=path, state_dict=read_state_dict(path))
+    raise CheckpointError(f"{path} does not exist.")
+
+
+def _strip_prefix(state_dict: dict, prefixes: tuple[str, ...]) -> dict:
+    for prefix in prefixes:
+        if any(k.startswith(prefix) for k in state_dict):
+            return {(k[len(prefix):] if k.startswith(prefix) else k): v
+                    for k, v in state_dict.items()}
+    return state_dict
+
+
+def identify(checkpoint: Checkpoint) -> tuple[Family, str, dict]:
+    """The family, key layout and (prefix-stripped) state dict of a checkpoint."""
+    config = checkpoint.config or {}
+    supported = sorted({t for f in FAMILIES for t in f.model_types})
+    candidates = FAMILIES
+    if "model_type" in config:
+        candidates = [f for f in FAMILIES if config["model_type"] in f.model_types]
+        if not candidates:
+            raise CheckpointError(
+                f"{checkpoint.path}: unknown model_type {config['model_type']!r} in config.json; "
+                f"keras_pvt reads {', '.join(supported)}."
+            )
+    elif "architecture" in config:
+        arch = config["architecture"]
+        candidates = [f for f in FAMILIES if arch.startswith(f.timm_prefixes)]
+        if not candidates:
+            raise CheckpointError(
+                f"{checkpoint.path}: timm architecture {arch!r} is not supported by keras_pvt."
+            )
+    for family in candidates:
+        state_dict = _strip_prefix(checkpoint.state_dict, family.backbone_prefixes)
+        layout = family.detect_layout(state_dict)
+        if layout is not None:
+            return family, layout, state_dict
+    what = f"a {candidates[0].name} checkpoint" if len(candidates) == 1 else "a keras_pvt model"
+    sample = ", ".join(sorted(checkpoint.state_dict)[:5])
+    raise CheckpointError(
+        f"{checkpoint.weights_path}: the weights are not {what} in any known layout "
+        f"(transformers, timm, original). First keys: {sample}."
+    )
+
+
+def _image_converter(family: Family, checkpoint: Checkpoint):
+    config = checkpoint.preprocessor_config
+    if not config:
+        return family.image_converter_cls()
+    kwargs = {}
+    size = config.get("size")
+    if isinstance(size, dict) and "height" in size and "width" in size:
+        kwargs["image_size"] = (size["height"], size["width"])
+    elif isinstance(size, int):
+        kwargs["image_size"] = (size, size)
+    if "image_mean" in config and "image_std" in config:
+        from keras_pvt.models.pvt_v2.preprocessor import imagenet_scale_offset
+
+        rescale = config.get("rescale_factor", 1 / 255) * 255
+        scale, offset = imagenet_scale_offset(config["image_mean"], config["image_std"])
+        kwargs["scale"] = [s * rescale for s in scale]
+        kwargs["offset"] = offset
+    if config.get("resample") in _INTERPOLATIONS:
+        kwargs["interpolation"] = _INTERPOLATIONS[config["resample"]]
+    return family.image_converter_cls(**kwargs)
+
+
+def _class_names(config: dict | None, num_classes: int) -> list[str] | None:
+    id2label = (config or {}).get("id2label")
+    if not id2label or len(id2label) != num_classes:
+        return None
+    return [str(id2label[str(i)]) if str(i) in id2label else str(id2label[i])
+            for i in range(num_classes)]
+
+
+def build_from_checkpoint(checkpoint: Checkpoint):
+    """`(model, preprocessor)`: a Keras classifier if the checkpoint has a head, else a
+    backbone, with the checkpoint's weights."""
+    family, layout, state_dict = identify(checkpoint)
+    table = family.tables[layout]
+    if layout == "transformers" and checkpoint.config:
+        kwargs = family.kwargs_from_transformers(checkpoint.config)
+    else:
+        kwargs = family.kwargs_from_weights(state_dict, layout)
+    backbone = family.backbone_cls(**kwargs)
+    preprocessor = family.preprocessor_cls(image_converter=_image_converter(family, checkpoint))
+    head_key = table.source_key("predictions/kernel")
+    source = f"checkpoint {checkpoint.weights_path} ({layout} layout)"
+    if head_key in state_dict:
+        num_classes = int(state_dict[head_key].shape[0])
+        model = family.classifier_cls(
+            backbone=backbone,
+            num_classes=num_classes,
+            preprocessor=preprocessor,
+            class_names=_class_names(checkpoint.config, num_classes),
+        )
+        load_state_dict_into(model, state_dict, table, source=source)
+    else:
+        model = backbone
+        load_state_dict_into(model, state_dict, table, source=source, ignore_unused=())
+    return model, preprocessor
+
+
+def convert_to_preset(source: str | os.PathLike, output_dir: str | os.PathLike) -> Path:
+    """Converts a checkpoint directory or file into a keras-hub preset directory.
+
+    A classifier checkpoint gives a classifier preset (backbone, head, preprocessor); a
+    backbone checkpoint gives a backbone preset with its preprocessor.
+    """
+    model, preprocessor = build_from_checkpoint(read_checkpoint(source))
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model.save_to_preset(str(output_dir))
+    if not hasattr(model, "backbone"):
+        preprocessor.save_to_preset(str(output_dir))
+    return output_dir

@@ -1,0 +1,19 @@
+"""Shared building blocks of the keras_pvt model families."""
+
+from keras_pvt.layers.attention import SpatialReductionAttention, multi_head_attention
+from keras_pvt.layers.drop_path import DropPath
+from keras_pvt.layers.ffn import MLP, MixFFN, gelu
+from keras_pvt.layers.patch_embedding import OverlapPatchEmbedding
+from keras_pvt.layers.pooling import AdaptiveAveragePooling2D, adaptive_pool_matrix
+
+__all__ = [
+    "AdaptiveAveragePooling2D",
+    "DropPath",
+    "MLP",
+    "MixFFN",
+    "OverlapPatchEmbedding",
+    "SpatialReductionAttention",
+    "adaptive_pool_matrix",
+    "gelu",
+    "multi_head_attention",
+]

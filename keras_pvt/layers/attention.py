@@ -1,0 +1,167 @@
+"""Spatial-reduction attention (PVT v1 / v2), in its convolutional and linear forms."""
+
+import keras
+from keras import ops
+
+from keras_pvt.layers.ffn import gelu
+from keras_pvt.layers.pooling import AdaptiveAveragePooling2D
+
+
+def multi_head_attention(query, key, value, num_heads: int, dropout=None, training=None):
+    """Scaled dot-product attention on `(batch, tokens, channels)` tensors.
+
+    Uses the fused `keras.ops.dot_product_attention` (which takes the `(B, T, heads, dim)`
+    layout directly, so no transposes are needed) unless attention dropout is active.
+    """
+    batch = ops.shape(query)[0]
+    head_dim = query.shape[-1] // num_heads
+    scale = head_dim**-0.5
+    q = ops.reshape(query, (batch, -1, num_heads, head_dim))
+    k = ops.reshape(key, (batch, -1, num_heads, head_dim))
+    v = ops.reshape(value, (batch, -1, num_heads, head_dim))
+    if dropout is None or dropout.rate == 0.0 or not training:
+        out = ops.dot_product_attention(q, k, v, scale=scale)
+    else:
+        logits = ops.einsum("bqhd,bkhd->bhqk", q, k) * ops.cast(scale, q.dtype)
+        weights = dropout(ops.softmax(logits, axis=-1), training=training)
+        out = ops.einsum("bhqk,bkhd->bqhd", weights, v)
+    return ops.reshape(out, (batch, -1, num_heads * head_dim))
+
+
+@keras.saving.register_keras_serializable(package="keras_pvt")
+class SpatialReductionAttention(keras.layers.Layer):
+    """Multi-head attention whose keys and values come from a spatially reduced map.
+
+    - `sr_ratio > 1`: keys/values are computed from a `sr_ratio`-strided convolution of the
+      map followed by LayerNorm (PVT v1 and v2 "SRA").
+    - `linear=True`: keys/values come from an exact 7x7 adaptive average pooling, a 1x1
+      convolution, LayerNorm and GELU (PVT v2 "linear SRA"), so the cost is linear in the
+      number of pixels.
+    - otherwise: plain multi-head self-attention.
+
+    Input and output are NHWC maps; with no reduction, `(batch, tokens, channels)` sequences
+    (such as PVT v1's last stage with its cls token) are accepted as well.
+
+    Args:
+        hidden_size: channels.
+        num_heads: attention heads; `hidden_size` must be divisible by it.
+        sr_ratio: spatial-reduction ratio (kernel and stride of the reduction conv).
+        linear: use linear SRA.
+        qkv_bias: bias in the query/key/value projections.
+        epsilon: epsilon of the reduction LayerNorm.
+        attention_dropout: dropout on the attention weights.
+        proj_dropout: dropout after the output projection.
+        pool_size: pooled grid size of linear SRA.
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        sr_ratio: int = 1,
+        linear: bool = False,
+        qkv_bias: bool = True,
+        epsilon: float = 1e-6,
+        attention_dropout: float = 0.0,
+        proj_dropout: float = 0.0,
+        pool_size: int = 7,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if hidden_size % num_heads:
+            raise ValueError(
+                f"hidden_size={hidden_size} must be divisible by num_heads={num_heads}."
+            )
+        self.hidden_size = hidden_size
+        self.num_heads = num_heads
+        self.sr_ratio = sr_ratio
+        self.linear = linear
+        self.qkv_bias = qkv_bias
+        self.epsilon = epsilon
+        self.attention_dropout = attention_dropout
+        self.proj_dropout = proj_dropout
+        self.pool_size = pool_size
+
+        def dense(name, use_bias=True):
+            return keras.layers.Dense(
+                hidden_size, use_bias=use_bias, dtype=self.dtype_policy, name=name
+            )
+
+        self.query = dense("query", qkv_bias)
+        self.key = dense("key", qkv_bias)
+        self.value = dense("value", qkv_bias)
+        self.proj = dense("proj")
+        self.reduces = linear or sr_ratio > 1
+        if linear:
+            self.pool = AdaptiveAveragePooling2D(pool_size, dtype=self.dtype_policy)
+            reduction_kernel = 1
+        else:
+            reduction_kernel = sr_ratio
+        if self.reduces:
+            self.spatial_reduction = keras.layers.Conv2D(
+                hidden_size, reduction_kernel, strides=reduction_kernel, padding="valid",
+                dtype=self.dtype_policy, name="spatial_reduction",
+            )
+            self.layer_norm = keras.layers.LayerNormalization(
+                epsilon=epsilon, dtype=self.dtype_policy, name="layer_norm"
+            )
+        self.attention_dropout_layer = keras.layers.Dropout(
+            attention_dropout, dtype=self.dtype_policy
+        )
+        self.proj_dropout_layer = keras.layers.Dropout(proj_dropout, dtype=self.dtype_policy)
+
+    def build(self, input_shape):
+        channels_shape = (None, None, self.hidden_size)
+        for layer in (self.query, self.key, self.value, self.proj):
+            layer.build(channels_shape)
+        if self.reduces:
+            self.spatial_reduction.build((None, None, None, self.hidden_size))
+            self.layer_norm.build(channels_shape)
+        self.built = True
+
+    def call(self, inputs, training=None):
+        batch = ops.shape(inputs)[0]
+        tokens = ops.reshape(inputs, (batch, -1, self.hidden_size))
+        if self.reduces:
+            if len(inputs.shape) != 4:
+                raise ValueError(
+                    "Spatial reduction needs an NHWC feature map; received a tensor of "
+                    f"shape {inputs.shape}."
+                )
+            reduced = self.pool(inputs) if self.linear else inputs
+            reduced = self.spatial_reduction(reduced)
+            reduced = self.layer_norm(ops.reshape(reduced, (batch, -1, self.hidden_size)))
+            if self.linear:
+                reduced = gelu(reduced)
+        else:
+            reduced = tokens
+        x = multi_head_attention(
+            self.query(tokens),
+            self.key(reduced),
+            self.value(reduced),
+            self.num_heads,
+            dropout=self.attention_dropout_layer,
+            training=training,
+        )
+        x = self.proj_dropout_layer(self.proj(x), training=training)
+        return ops.reshape(x, ops.shape(inputs))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "hidden_size": self.hidden_size,
+                "num_heads": self.num_heads,
+                "sr_ratio": self.sr_ratio,
+                "linear": self.linear,
+                "qkv_bias": self.qkv_bias,
+                "epsilon": self.epsilon,
+                "attention_dropout": self.attention_dropout,
+                "proj_dropout": self.proj_dropout,
+                "pool_size": self.pool_size,
+            }
+        )
+        return config

@@ -1,0 +1,16 @@
+"""PVT v2: backbone, classifier, preprocessing, checkpoint maps and presets."""
+
+from keras_pvt.models.pvt_v2.backbone import PVTv2Backbone, PVTv2Block
+from keras_pvt.models.pvt_v2.classifier import PVTv2Classifier
+from keras_pvt.models.pvt_v2.preprocessor import (
+    PVTv2ImageClassifierPreprocessor,
+    PVTv2ImageConverter,
+)
+
+__all__ = [
+    "PVTv2Backbone",
+    "PVTv2Block",
+    "PVTv2Classifier",
+    "PVTv2ImageClassifierPreprocessor",
+    "PVTv2ImageConverter",
+]

@@ -1,0 +1,46 @@
+"""Preprocessing that reproduces transformers' `PvtImageProcessor`."""
+
+import keras
+from keras_hub.layers import ImageConverter
+from keras_hub.models import ImageClassifierPreprocessor
+
+from keras_pvt.models.pvt_v2.backbone import PVTv2Backbone
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def imagenet_scale_offset(mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """`scale`/`offset` for ImageConverter equal to `(x / 255 - mean) / std`."""
+    scale = [1.0 / (255.0 * s) for s in std]
+    offset = [-m / s for m, s in zip(mean, std)]
+    return scale, offset
+
+
+@keras.saving.register_keras_serializable(package="keras_pvt")
+class PVTv2ImageConverter(ImageConverter):
+    """Resizes to 224x224 (bilinear, no crop), rescales by 1/255 and normalises with the
+    ImageNet mean/std, as transformers' processor for the PVT v2 checkpoints does."""
+
+    backbone_cls = PVTv2Backbone
+
+    def __init__(self, image_size=(224, 224), scale=None, offset=None, **kwargs):
+        if scale is None and offset is None:
+            scale, offset = imagenet_scale_offset()
+        kwargs.setdefault("crop_to_aspect_ratio", False)
+        kwargs.setdefault("interpolation", "bilinear")
+        kwargs.setdefault("antialias", True)
+        super().__init__(image_size=image_size, scale=scale, offset=offset, **kwargs)
+
+
+@keras.saving.register_keras_serializable(package="keras_pvt")
+class PVTv2ImageClassifierPreprocessor(ImageClassifierPreprocessor):
+    """Image preprocessing for `PVTv2Classifier` (see `PVTv2ImageConverter`)."""
+
+    backbone_cls = PVTv2Backbone
+    image_converter_cls = PVTv2ImageConverter
+
+    def __init__(self, image_converter=None, **kwargs):
+        if image_converter is None:
+            image_converter = PVTv2ImageConverter()
+        super().__init__(image_converter=image_converter, **kwargs)

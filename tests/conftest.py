@@ -1,0 +1,42 @@
+"""Test configuration.
+
+transformers (and torch) must be imported before TensorFlow (which keras-hub imports):
+the other order can abort with an LLVM "option registered more than once" error.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import torch  # noqa: E402,F401
+import transformers  # noqa: E402,F401
+from transformers import PvtV2Model  # noqa: E402,F401
+
+import keras  # noqa: E402
+import pytest  # noqa: E402
+
+torch.set_num_threads(2)
+
+_PARITY = []
+
+
+@pytest.fixture
+def record_delta():
+    """Records a measured max |Δ| for the end-of-run parity table."""
+
+    def record(name: str, value: float):
+        _PARITY.append((name, float(value)))
+
+    return record
+
+
+def pytest_report_header(config):
+    return f"keras {keras.__version__}, backend {keras.backend.backend()}"
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _PARITY:
+        terminalreporter.section(f"max |Δ| against the references ({keras.backend.backend()})")
+        for name, value in _PARITY:
+            terminalreporter.write_line(f"{name:70s} {value:.3e}")
