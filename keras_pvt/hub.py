@@ -109,7 +109,9 @@ def cached_conversion(entry: Path, fetch, description: str) -> Path:
             problem = verify_entry(entry)
             if problem is None:
                 return entry  # another process converted it while we waited
-            warnings.warn(f"Cached preset {entry} is invalid ({problem}); rebuilding it.")
+            warnings.warn(
+                f"Cached preset {entry} is invalid ({problem}); rebuilding it.", stacklevel=4
+            )
             shutil.rmtree(entry)
         source = fetch()
         staging = entry.parent / f".{entry.name}.tmp-{uuid.uuid4().hex}"

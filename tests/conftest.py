@@ -1,3 +1,4 @@
+# ruff: noqa: I001  (import order matters: transformers before TensorFlow)
 """Test configuration.
 
 transformers (and torch) must be imported before TensorFlow (which keras-hub imports):

@@ -56,7 +56,7 @@ def test_transformers_parity(transformers_pair, record_delta, config, height, wi
     record_delta(f"transformers {config} {height}x{width} logits", delta)
     assert delta < 1e-4
 
-    pyramid = keras.Model(model.backbone.inputs, model.backbone.pyramid_outputs)(x)
+    pyramid = keras.Model(model.backbone.input, model.backbone.pyramid_outputs)(x)
     for stage, level in enumerate(["P2", "P3", "P4", "P5"]):
         want = nchw_to_nhwc(expected.hidden_states[stage])
         delta = max_delta(keras.ops.convert_to_numpy(pyramid[level]), want)

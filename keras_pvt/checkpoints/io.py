@@ -135,7 +135,9 @@ def _read_torch_legacy(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        raise CheckpointError(f"{path}: refused by torch.load(weights_only=True): {error}")
+        raise CheckpointError(
+            f"{path}: refused by torch.load(weights_only=True): {error}"
+        ) from error
     return {k: v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy()
             for k, v in state.items() if hasattr(v, "numpy")}
 

@@ -1,0 +1,91 @@
+"""Unit tests of the shared layers against PyTorch, and their configs."""
+
+import keras
+import numpy as np
+import pytest
+import torch
+
+from keras_pvt import layers
+
+
+@pytest.mark.parametrize("size", [(4, 5), (7, 7), (13, 19), (25, 38), (56, 56), (50, 58)])
+def test_adaptive_pooling_matches_torch(size):
+    x = np.random.default_rng(0).standard_normal((2, *size, 3)).astype("float32")
+    want = torch.nn.functional.adaptive_avg_pool2d(
+        torch.from_numpy(x.transpose(0, 3, 1, 2)), 7
+    ).numpy().transpose(0, 2, 3, 1)
+    pool = layers.AdaptiveAveragePooling2D(7)
+    got = keras.ops.convert_to_numpy(pool(x))
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    # Inside a compiled graph with unknown spatial size too (tf.function / jax.jit / torch).
+    inputs = keras.Input((None, None, 3))
+    model = keras.Model(inputs, pool(inputs))
+    np.testing.assert_allclose(model.predict(x, verbose=0), want, atol=1e-6)
+
+
+def test_drop_path_is_identity_at_inference_and_drops_samples_in_training():
+    x = np.ones((64, 3, 3, 4), "float32")
+    drop = layers.DropPath(0.5, seed=1)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(drop(x)), x)
+    y = keras.ops.convert_to_numpy(drop(x, training=True))
+    per_sample = y.reshape(64, -1)
+    # Each sample is either dropped whole or kept and scaled by 1 / (1 - rate).
+    assert set(np.unique(per_sample)) <= {0.0, 2.0}
+    assert np.all(per_sample.min(axis=1) == per_sample.max(axis=1))
+    assert 10 < (per_sample[:, 0] == 0).sum() < 54
+    with pytest.raises(ValueError, match="rate"):
+        layers.DropPath(1.0)
+
+
+def test_gelu_is_exact():
+    x = np.linspace(-4, 4, 101).astype("float32")
+    want = torch.nn.functional.gelu(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layers.gelu(x)), want, atol=1e-6)
+
+
+def test_patch_embedding_pads_like_torch():
+    x = np.random.default_rng(1).standard_normal((1, 31, 30, 3)).astype("float32")
+    layer = layers.OverlapPatchEmbedding(8, patch_size=7, stride=4)
+    out = keras.ops.convert_to_numpy(layer(x))
+    conv = torch.nn.Conv2d(3, 8, 7, stride=4, padding=3)
+    with torch.no_grad():
+        conv.weight.copy_(torch.from_numpy(
+            keras.ops.convert_to_numpy(layer.proj.kernel).transpose(3, 2, 0, 1)))
+        conv.bias.copy_(torch.from_numpy(keras.ops.convert_to_numpy(layer.proj.bias)))
+        ref = conv(torch.from_numpy(x.transpose(0, 3, 1, 2))).permute(0, 2, 3, 1)
+        ref = torch.nn.functional.layer_norm(ref, (8,), eps=1e-6).numpy()
+    assert out.shape == ref.shape == (1, 8, 8, 8)
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+    assert layer.compute_output_shape((1, 31, 30, 3)) == (1, 8, 8, 8)
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        layers.OverlapPatchEmbedding(16, 3, 2, epsilon=1e-5),
+        layers.SpatialReductionAttention(16, 2, sr_ratio=2, epsilon=1e-5),
+        layers.SpatialReductionAttention(16, 2, linear=True, qkv_bias=False),
+        layers.MixFFN(16, 32, linear=True),
+        layers.MLP(16, 32),
+        layers.DropPath(0.1, seed=3),
+        layers.AdaptiveAveragePooling2D((3, 5)),
+    ],
+    ids=lambda layer: type(layer).__name__,
+)
+def test_layer_config_round_trip(layer):
+    clone = type(layer).from_config(layer.get_config())
+    assert clone.get_config() == layer.get_config()
+    x = np.random.default_rng(2).standard_normal((2, 14, 10, 16 if "Patch" not in
+                                                  type(layer).__name__ else 3)).astype("float32")
+    y = layer(x)
+    clone(x)
+    if layer.weights:
+        clone.set_weights(layer.get_weights())
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(clone(x)), keras.ops.convert_to_numpy(y), atol=1e-6
+    )
+
+
+def test_attention_rejects_indivisible_heads():
+    with pytest.raises(ValueError, match="divisible"):
+        layers.SpatialReductionAttention(10, 3)
