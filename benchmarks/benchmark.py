@@ -99,7 +99,8 @@ def worker_keras(args) -> list[dict]:
             mit = keras_hub.models.MiTBackbone(
                 layerwise_num_heads=[1, 2, 5, 8], layerwise_sr_ratios=[8, 4, 2, 1],
                 max_drop_path_rate=0.0, layerwise_patch_sizes=[7, 3, 3, 3],
-                layerwise_strides=[4, 2, 2, 2], num_layers=4, image_shape=(None, None, 3),
+                layerwise_strides=[4, 2, 2, 2], num_layers=4,
+                image_shape=(args.size, args.size, 3),  # MiT needs a static size
                 **MIT[variant])
             head = keras_hub.models.ImageClassifier(backbone=mit, num_classes=1000)
             head.compile()
