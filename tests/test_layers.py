@@ -89,3 +89,23 @@ def test_layer_config_round_trip(layer):
 def test_attention_rejects_indivisible_heads():
     with pytest.raises(ValueError, match="divisible"):
         layers.SpatialReductionAttention(10, 3)
+
+
+@pytest.mark.parametrize("kernel_size", [3, 5])
+def test_depthwise_conv_fast_path_matches_torch(kernel_size):
+    x = np.random.default_rng(3).standard_normal((2, 9, 12, 6)).astype("float32")
+    layer = layers.DepthwiseConv2D(kernel_size, padding="same")
+    layer.build(x.shape)
+    kernel = keras.ops.convert_to_numpy(layer.kernel).transpose(2, 3, 0, 1)
+    bias = keras.ops.convert_to_numpy(layer.bias) + 0.5
+    layer.bias.assign(bias)
+    out = keras.ops.convert_to_numpy(layer(x))
+    want = torch.nn.functional.conv2d(
+        torch.from_numpy(x.transpose(0, 3, 1, 2)), torch.from_numpy(kernel),
+        torch.from_numpy(bias), padding=kernel_size // 2, groups=6,
+    ).numpy().transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(out, want, atol=1e-5)
+    # Inside a compiled function with unknown spatial size as well.
+    inputs = keras.Input((None, None, 6))
+    model = keras.Model(inputs, layer(inputs))
+    np.testing.assert_allclose(model.predict(x, verbose=0), want, atol=1e-5)

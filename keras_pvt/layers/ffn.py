@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from keras_pvt.layers.conv import DepthwiseConv2D
+
 
 def gelu(x):
     """Exact (erf) GELU, as in the PyTorch references; keras defaults to the tanh form."""
@@ -38,7 +40,7 @@ class MixFFN(keras.layers.Layer):
         self.dropout = dropout
         self.dense1 = keras.layers.Dense(intermediate_size, dtype=self.dtype_policy, name="dense1")
         # Stride 1 with an odd kernel: keras' 'same' padding is symmetric here, like torch's.
-        self.dwconv = keras.layers.DepthwiseConv2D(
+        self.dwconv = DepthwiseConv2D(
             3, padding="same", dtype=self.dtype_policy, name="dwconv"
         )
         self.dense2 = keras.layers.Dense(hidden_size, dtype=self.dtype_policy, name="dense2")
