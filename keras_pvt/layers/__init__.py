@@ -1,7 +1,7 @@
 """Shared building blocks of the keras_pvt model families."""
 
 from keras_pvt.layers.attention import SpatialReductionAttention, multi_head_attention
-from keras_pvt.layers.conv import DepthwiseConv2D
+from keras_pvt.layers.conv import Conv2D, Dense, DepthwiseConv2D
 from keras_pvt.layers.drop_path import DropPath
 from keras_pvt.layers.ffn import MLP, MixFFN, gelu
 from keras_pvt.layers.patch_embedding import OverlapPatchEmbedding
@@ -9,6 +9,8 @@ from keras_pvt.layers.pooling import AdaptiveAveragePooling2D, adaptive_pool_mat
 
 __all__ = [
     "AdaptiveAveragePooling2D",
+    "Conv2D",
+    "Dense",
     "DepthwiseConv2D",
     "DropPath",
     "MLP",

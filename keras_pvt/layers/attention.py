@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_pvt.layers.conv import Conv2D, Dense
 from keras_pvt.layers.ffn import gelu
 from keras_pvt.layers.pooling import AdaptiveAveragePooling2D
 
@@ -83,7 +84,7 @@ class SpatialReductionAttention(keras.layers.Layer):
         self.pool_size = pool_size
 
         def dense(name, use_bias=True):
-            return keras.layers.Dense(
+            return Dense(
                 hidden_size, use_bias=use_bias, dtype=self.dtype_policy, name=name
             )
 
@@ -98,7 +99,7 @@ class SpatialReductionAttention(keras.layers.Layer):
         else:
             reduction_kernel = sr_ratio
         if self.reduces:
-            self.spatial_reduction = keras.layers.Conv2D(
+            self.spatial_reduction = Conv2D(
                 hidden_size, reduction_kernel, strides=reduction_kernel, padding="valid",
                 dtype=self.dtype_policy, name="spatial_reduction",
             )

@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_pvt.layers.conv import DepthwiseConv2D
+from keras_pvt.layers.conv import Dense, DepthwiseConv2D
 
 
 def gelu(x):
@@ -38,12 +38,12 @@ class MixFFN(keras.layers.Layer):
         self.intermediate_size = intermediate_size
         self.linear = linear
         self.dropout = dropout
-        self.dense1 = keras.layers.Dense(intermediate_size, dtype=self.dtype_policy, name="dense1")
+        self.dense1 = Dense(intermediate_size, dtype=self.dtype_policy, name="dense1")
         # Stride 1 with an odd kernel: keras' 'same' padding is symmetric here, like torch's.
         self.dwconv = DepthwiseConv2D(
             3, padding="same", dtype=self.dtype_policy, name="dwconv"
         )
-        self.dense2 = keras.layers.Dense(hidden_size, dtype=self.dtype_policy, name="dense2")
+        self.dense2 = Dense(hidden_size, dtype=self.dtype_policy, name="dense2")
         self.dropout_layer = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
 
     def build(self, input_shape):
@@ -93,8 +93,8 @@ class MLP(keras.layers.Layer):
         self.hidden_size = hidden_size
         self.intermediate_size = intermediate_size
         self.dropout = dropout
-        self.dense1 = keras.layers.Dense(intermediate_size, dtype=self.dtype_policy, name="dense1")
-        self.dense2 = keras.layers.Dense(hidden_size, dtype=self.dtype_policy, name="dense2")
+        self.dense1 = Dense(intermediate_size, dtype=self.dtype_policy, name="dense1")
+        self.dense2 = Dense(hidden_size, dtype=self.dtype_policy, name="dense2")
         self.dropout_layer = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
 
     def build(self, input_shape):

@@ -2,6 +2,8 @@
 
 import keras
 
+from keras_pvt.layers.conv import Conv2D
+
 
 @keras.saving.register_keras_serializable(package="keras_pvt")
 class OverlapPatchEmbedding(keras.layers.Layer):
@@ -36,10 +38,9 @@ class OverlapPatchEmbedding(keras.layers.Layer):
         self.stride = stride
         self.padding = patch_size // 2 if padding is None else padding
         self.epsilon = epsilon
-        self.pad = keras.layers.ZeroPadding2D(self.padding, dtype=self.dtype_policy)
-        self.proj = keras.layers.Conv2D(
+        self.proj = Conv2D(
             hidden_size, patch_size, strides=stride, padding="valid",
-            dtype=self.dtype_policy, name="proj",
+            explicit_padding=self.padding, dtype=self.dtype_policy, name="proj",
         )
         self.layer_norm = keras.layers.LayerNormalization(
             epsilon=epsilon, dtype=self.dtype_policy, name="layer_norm"
@@ -51,8 +52,7 @@ class OverlapPatchEmbedding(keras.layers.Layer):
         self.built = True
 
     def call(self, inputs):
-        x = inputs if self.padding == 0 else self.pad(inputs)
-        return self.layer_norm(self.proj(x))
+        return self.layer_norm(self.proj(inputs))
 
     def compute_output_shape(self, input_shape):
         def out(size):
