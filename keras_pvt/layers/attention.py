@@ -8,15 +8,19 @@ from keras_pvt.layers.ffn import gelu
 from keras_pvt.layers.pooling import AdaptiveAveragePooling2D
 
 
-def multi_head_attention(query, key, value, num_heads: int, dropout=None, training=None):
+def multi_head_attention(
+    query, key, value, num_heads: int, dropout=None, training=None, scale: float | None = None
+):
     """Scaled dot-product attention on `(batch, tokens, channels)` tensors.
 
     Uses the fused `keras.ops.dot_product_attention` (which takes the `(B, T, heads, dim)`
     layout directly, so no transposes are needed) unless attention dropout is active.
+    `scale` defaults to `head_dim ** -0.5` (CvT uses `embed_dim ** -0.5`).
     """
     batch = ops.shape(query)[0]
     head_dim = query.shape[-1] // num_heads
-    scale = head_dim**-0.5
+    if scale is None:
+        scale = head_dim**-0.5
     q = ops.reshape(query, (batch, -1, num_heads, head_dim))
     k = ops.reshape(key, (batch, -1, num_heads, head_dim))
     v = ops.reshape(value, (batch, -1, num_heads, head_dim))
