@@ -17,20 +17,35 @@ def multi_head_attention(
     layout directly, so no transposes are needed) unless attention dropout is active.
     `scale` defaults to `head_dim ** -0.5` (CvT uses `embed_dim ** -0.5`).
     """
-    batch = ops.shape(query)[0]
+    batch, query_length = ops.shape(query)[0], ops.shape(query)[1]
+    key_length = ops.shape(key)[1]
     head_dim = query.shape[-1] // num_heads
     if scale is None:
         scale = head_dim**-0.5
-    q = ops.reshape(query, (batch, -1, num_heads, head_dim))
-    k = ops.reshape(key, (batch, -1, num_heads, head_dim))
-    v = ops.reshape(value, (batch, -1, num_heads, head_dim))
+    # Explicit lengths, not -1: JAX's shape-polymorphic export (SavedModel with dynamic
+    # image sizes) cannot always infer a -1 from symbolic dimensions.
+    q = ops.reshape(query, (batch, query_length, num_heads, head_dim))
+    k = ops.reshape(key, (batch, key_length, num_heads, head_dim))
+    v = ops.reshape(value, (batch, key_length, num_heads, head_dim))
     if dropout is None or dropout.rate == 0.0 or not training:
         out = ops.dot_product_attention(q, k, v, scale=scale)
     else:
         logits = ops.einsum("bqhd,bkhd->bhqk", q, k) * ops.cast(scale, q.dtype)
         weights = dropout(ops.softmax(logits, axis=-1), training=training)
         out = ops.einsum("bhqk,bkhd->bqhd", weights, v)
-    return ops.reshape(out, (batch, -1, num_heads * head_dim))
+    return ops.reshape(out, (batch, query_length, num_heads * head_dim))
+
+
+def _flatten_tokens(x):
+    """`(B, H, W, C)` -> `(B, H * W, C)`; sequences pass through.
+
+    The token count is spelled out rather than -1 so that JAX's shape-polymorphic export
+    (dynamic image sizes) can follow it.
+    """
+    if len(x.shape) == 3:
+        return x
+    shape = ops.shape(x)
+    return ops.reshape(x, (shape[0], shape[1] * shape[2], x.shape[-1]))
 
 
 @keras.saving.register_keras_serializable(package="keras_pvt")
@@ -125,8 +140,7 @@ class SpatialReductionAttention(keras.layers.Layer):
         self.built = True
 
     def call(self, inputs, training=None):
-        batch = ops.shape(inputs)[0]
-        tokens = ops.reshape(inputs, (batch, -1, self.hidden_size))
+        tokens = _flatten_tokens(inputs)
         if self.reduces:
             if len(inputs.shape) != 4:
                 raise ValueError(
@@ -135,7 +149,7 @@ class SpatialReductionAttention(keras.layers.Layer):
                 )
             reduced = self.pool(inputs) if self.linear else inputs
             reduced = self.spatial_reduction(reduced)
-            reduced = self.layer_norm(ops.reshape(reduced, (batch, -1, self.hidden_size)))
+            reduced = self.layer_norm(_flatten_tokens(reduced))
             if self.linear:
                 reduced = gelu(reduced)
         else:
