@@ -30,9 +30,12 @@ def _read_json(path: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except ValueError as error:
+        data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
         raise CheckpointError(f"{path}: invalid JSON ({error}).") from error
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, found {type(data).__name__}.")
+    return data
 
 
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
@@ -69,22 +72,24 @@ def identify(checkpoint: Checkpoint) -> tuple[Family, str, dict]:
         candidates = [f for f in FAMILIES if config["model_type"] in f.model_types]
         if not candidates:
             raise CheckpointError(
-                f"{checkpoint.path}: unknown model_type {config['model_type']!r} in config.json; "
-                f"keras_pvt reads {', '.join(supported)}."
+                f"{checkpoint.path / 'config.json'}: unknown model_type "
+                f"{config['model_type']!r}; keras_pvt reads {', '.join(supported)}."
             )
     elif "architecture" in config:
         arch = config["architecture"]
-        candidates = [f for f in FAMILIES if arch.startswith(f.timm_prefixes)]
+        candidates = [f for f in FAMILIES if str(arch).startswith(f.timm_prefixes)]
         if not candidates:
             raise CheckpointError(
-                f"{checkpoint.path}: timm architecture {arch!r} is not supported by keras_pvt."
+                f"{checkpoint.path / 'config.json'}: timm architecture {arch!r} is not "
+                "supported by keras_pvt."
             )
     for family in candidates:
         state_dict = _strip_prefix(checkpoint.state_dict, family.backbone_prefixes)
         layout = family.detect_layout(state_dict)
         if layout is not None:
             return family, layout, state_dict
-    what = f"a {candidates[0].name} checkpoint" if len(candidates) == 1 else "a keras_pvt model"
+    narrowed = candidates is not FAMILIES  # by config.json's model_type / architecture
+    what = f"a {candidates[0].name} checkpoint" if narrowed else "a keras_pvt model"
     sample = ", ".join(sorted(checkpoint.state_dict)[:5])
     raise CheckpointError(
         f"{checkpoint.weights_path}: the weights are not {what} in any known layout "
@@ -116,25 +121,74 @@ def _image_converter(family: Family, checkpoint: Checkpoint):
 
 def _class_names(config: dict | None, num_classes: int) -> list[str] | None:
     id2label = (config or {}).get("id2label")
-    if not id2label or len(id2label) != num_classes:
+    if not isinstance(id2label, dict) or len(id2label) != num_classes:
         return None
-    return [str(id2label[str(i)]) if str(i) in id2label else str(id2label[i])
-            for i in range(num_classes)]
+    names = [id2label.get(str(i), id2label.get(i)) for i in range(num_classes)]
+    return None if any(name is None for name in names) else [str(name) for name in names]
 
 
-def build_from_checkpoint(checkpoint: Checkpoint):
+def check_family(family: Family, model_cls, what) -> None:
+    """Raises `CheckpointError` if `model_cls` (a backbone or task class) cannot hold a
+    `family` model, before anything is converted."""
+    if model_cls is None:
+        return
+    target = getattr(model_cls, "backbone_cls", None) or model_cls
+    if not issubclass(family.backbone_cls, target):
+        raise CheckpointError(
+            f"{what} is a {family.name} checkpoint; load it with "
+            f"{family.classifier_cls.__name__} or {family.backbone_cls.__name__}, not "
+            f"{model_cls.__name__}."
+        )
+
+
+def build_from_checkpoint(checkpoint: Checkpoint, model_cls=None):
     """`(model, preprocessor)`: a Keras classifier if the checkpoint has a head, else a
-    backbone, with the checkpoint's weights."""
+    backbone, with the checkpoint's weights.
+
+    Args:
+        checkpoint: the checkpoint read by `read_checkpoint`.
+        model_cls: the class that will load the result, if known: a checkpoint of another
+            family is refused before it is converted.
+    """
     family, layout, state_dict = identify(checkpoint)
+    check_family(family, model_cls, checkpoint.path)
     table = family.tables[layout]
-    if layout == "transformers" and checkpoint.config:
-        kwargs = family.kwargs_from_transformers(checkpoint.config)
-    else:
-        kwargs = family.kwargs_from_weights(state_dict, layout)
-    backbone = family.backbone_cls(**kwargs)
-    preprocessor = family.preprocessor_cls(image_converter=_image_converter(family, checkpoint))
+    from_config = layout == "transformers" and bool(checkpoint.config)
+    # The architecture comes from config.json when there is one, else from the weights'
+    # shapes; either way a bad value is reported against the file it came from.
+    where = checkpoint.path / "config.json" if from_config else checkpoint.weights_path
+    try:
+        if from_config:
+            kwargs = family.kwargs_from_transformers(checkpoint.config)
+        else:
+            kwargs = family.kwargs_from_weights(state_dict, layout)
+        backbone = family.backbone_cls(**kwargs)
+    except CheckpointError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as error:
+        raise CheckpointError(
+            f"{where}: cannot build a {family.name} model from it: "
+            f"{type(error).__name__}: {error}"
+        ) from error
+    try:
+        converter = _image_converter(family, checkpoint)
+    except (ValueError, TypeError, KeyError) as error:
+        raise CheckpointError(
+            f"{checkpoint.path / 'preprocessor_config.json'}: unusable preprocessing "
+            f"settings: {type(error).__name__}: {error}"
+        ) from error
+    preprocessor = family.preprocessor_cls(image_converter=converter)
     head_key = table.source_key("predictions/kernel")
-    source = f"checkpoint {checkpoint.weights_path} ({layout} layout)"
+    architecture = f", architecture from {where}" if from_config else ""
+    source = f"checkpoint {checkpoint.weights_path} ({layout} layout{architecture})"
+    # Errors name keys as they are in the file (identify stripped a task model's prefix).
+    prefix = next((p for p in family.backbone_prefixes
+                   if any(k.startswith(p) for k in checkpoint.state_dict)), "")
+    head = family.head_keys.get(layout, ())
+
+    def file_key(key: str) -> str:
+        return key if not prefix or key.startswith(head) else prefix + key
+
     if head_key in state_dict:
         num_classes = int(state_dict[head_key].shape[0])
         model = family.classifier_cls(
@@ -143,20 +197,24 @@ def build_from_checkpoint(checkpoint: Checkpoint):
             preprocessor=preprocessor,
             class_names=_class_names(checkpoint.config, num_classes),
         )
-        load_state_dict_into(model, state_dict, table, source=source)
+        load_state_dict_into(model, state_dict, table, source=source, file_key=file_key)
     else:
         model = backbone
-        load_state_dict_into(model, state_dict, table, source=source, ignore_unused=())
+        load_state_dict_into(model, state_dict, table, source=source, ignore_unused=(),
+                             file_key=file_key)
     return model, preprocessor
 
 
-def convert_to_preset(source: str | os.PathLike, output_dir: str | os.PathLike) -> Path:
+def convert_to_preset(
+    source: str | os.PathLike, output_dir: str | os.PathLike, model_cls=None
+) -> Path:
     """Converts a checkpoint directory or file into a keras-hub preset directory.
 
     A classifier checkpoint gives a classifier preset (backbone, head, preprocessor); a
-    backbone checkpoint gives a backbone preset with its preprocessor.
+    backbone checkpoint gives a backbone preset with its preprocessor. `model_cls`, if
+    given, is the class that will load it (a checkpoint of another family is refused).
     """
-    model, preprocessor = build_from_checkpoint(read_checkpoint(source))
+    model, preprocessor = build_from_checkpoint(read_checkpoint(source), model_cls)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_to_preset(str(output_dir))

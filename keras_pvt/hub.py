@@ -2,9 +2,13 @@
 
 Named presets are downloaded from the Hugging Face Hub with `huggingface_hub` (so HF_HOME,
 HF_HUB_CACHE, HF_HUB_OFFLINE, HF_ENDPOINT and tokens apply), converted once, and cached
-under `$KERAS_HOME/keras_pvt/<name>/`. A cache entry is written to a temporary directory,
-fingerprinted (sha256 of every file) and renamed into place, so an interrupted conversion
-never leaves an entry that a later call trusts; concurrent callers wait on a file lock.
+under `$KERAS_HOME/keras_pvt/<name>/` (`hf://owner/repo[@revision]` handles under
+`hf/owner--repo/<commit>/`). A cache entry is written to a temporary directory,
+fingerprinted (sha256 of every file, checked on every load) and renamed into place, so an
+interrupted conversion never leaves an entry that a later call trusts; concurrent callers
+wait on a file lock (an OS lock, released when its holder dies), and the next holder
+removes staging directories left by killed conversions. Handles are validated before any
+path is built from them, so none can point outside the cache.
 """
 
 from __future__ import annotations
@@ -20,14 +24,22 @@ import uuid
 import warnings
 from pathlib import Path
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from keras_pvt.checkpoints.io import CheckpointError
 from keras_pvt.models import FAMILIES
 from keras_pvt.models.family import Family, Preset
 
 MANIFEST = "keras_pvt_manifest.json"
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+# Hub naming rules (ASCII letters, digits, `_.-`, no `--` or `..`, at most 96 characters),
+# checked before a handle becomes part of a path.
+_REPO_PART = r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9])?"
+_HF_HANDLE = re.compile(
+    rf"hf://(?P<repo>{_REPO_PART}/{_REPO_PART})"
+    r"(?:@(?P<revision>[A-Za-z0-9_.-]{1,100}(?:/[A-Za-z0-9_.-]{1,100}){0,3}))?"
+)
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+LOCK_TIMEOUT_S = float(os.environ.get("KERAS_PVT_LOCK_TIMEOUT", 1800))
 _OPTIONAL_FILES = ("preprocessor_config.json",)
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -82,15 +94,34 @@ def verify_entry(directory: Path) -> str | None:
         return "no manifest (incomplete write)"
     try:
         files = json.loads(manifest.read_text())["files"]
-    except (ValueError, KeyError):
+        if not isinstance(files, dict):
+            raise TypeError
+    except (ValueError, KeyError, TypeError, OSError):
         return "unreadable manifest"
+    present = {p.name for p in directory.iterdir()} - {MANIFEST}
+    if present - set(files):
+        return f"unexpected files {sorted(present - set(files))}"
     for name, digest in files.items():
         path = directory / name
-        if not path.is_file():
+        if Path(name).name != name or not path.is_file():
             return f"{name} is missing"
         if _sha256(path) != digest:
             return f"{name} does not match its recorded checksum"
     return None
+
+
+def _remove_tree(directory: Path) -> None:
+    """Renames, then deletes, so that a crash midway leaves no half-deleted entry in place."""
+    trash = directory.parent / f".{directory.name}.tmp-trash-{uuid.uuid4().hex}"
+    os.replace(directory, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _remove_stale_staging(entry: Path) -> None:
+    # Only the lock holder writes staging directories for `entry`: any left are from a
+    # conversion that was killed.
+    for stale in entry.parent.glob(f".{entry.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def cached_conversion(entry: Path, fetch, description: str) -> Path:
@@ -104,16 +135,39 @@ def cached_conversion(entry: Path, fetch, description: str) -> Path:
     entry.parent.mkdir(parents=True, exist_ok=True)
     if entry.is_dir() and verify_entry(entry) is None:
         return entry
-    with FileLock(str(entry) + ".lock"):
-        if entry.is_dir():
-            problem = verify_entry(entry)
+    lock_path = str(entry) + ".lock"
+    try:
+        lock = FileLock(lock_path, timeout=LOCK_TIMEOUT_S)
+        lock.acquire()
+    except Timeout as error:
+        raise PresetError(
+            f"Timed out after {LOCK_TIMEOUT_S:.0f} s waiting for {lock_path}: another process "
+            f"is converting {description} into {entry}. If no such process is running, "
+            "delete the lock file."
+        ) from error
+    try:
+        _remove_stale_staging(entry)
+        problem = None
+        if entry.exists():
+            problem = verify_entry(entry) if entry.is_dir() else "not a directory"
             if problem is None:
                 return entry  # another process converted it while we waited
             warnings.warn(
                 f"Cached preset {entry} is invalid ({problem}); rebuilding it.", stacklevel=4
             )
-            shutil.rmtree(entry)
-        source = fetch()
+            if entry.is_dir():
+                _remove_tree(entry)
+            else:
+                entry.unlink()
+        try:
+            source = fetch()
+        except PresetError as error:
+            if problem is None:
+                raise
+            raise PresetError(
+                f"Cached preset {entry} was invalid ({problem}) and was removed; it could not "
+                f"be rebuilt: {error}"
+            ) from error
         staging = entry.parent / f".{entry.name}.tmp-{uuid.uuid4().hex}"
         try:
             convert_to_preset(source, staging)
@@ -121,6 +175,8 @@ def cached_conversion(entry: Path, fetch, description: str) -> Path:
             os.replace(staging, entry)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+    finally:
+        lock.release()
     return entry
 
 
@@ -138,11 +194,15 @@ def _offline_error(repo_id: str, handle: str, cause: Exception) -> PresetError:
     )
 
 
-def download_checkpoint(repo_id: str, handle: str | None = None) -> Path:
+def download_checkpoint(repo_id: str, handle: str | None = None, revision: str | None = None
+                        ) -> Path:
     """Downloads (or finds in the HF cache) a repo's config and weights; returns its folder."""
-    from huggingface_hub import hf_hub_download
+    from functools import partial
+
+    from huggingface_hub import hf_hub_download as download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
+    hf_hub_download = partial(download, revision=revision)
     handle = handle or f"hf://{repo_id}"
     try:
         config = Path(hf_hub_download(repo_id, "config.json"))
@@ -180,6 +240,19 @@ def _is_keras_preset(directory: Path) -> bool:
 # --- Resolution ------------------------------------------------------------------------------
 
 
+def parse_hf_handle(handle: str) -> tuple[str, str | None]:
+    """`(repo_id, revision)` of `hf://owner/repo[@revision]`; `PresetError` for anything
+    that is not a valid Hub repository id (so no handle can name a path outside the cache)."""
+    match = _HF_HANDLE.fullmatch(handle)
+    if match is None or ".." in handle or "--" in match.group("repo"):
+        raise PresetError(
+            f"{handle!r} is not a valid Hugging Face handle: expected hf://owner/repo or "
+            "hf://owner/repo@revision, with names of letters, digits, '_', '.' and '-' "
+            "(no '..', no '--' in the repository id, no leading '/', no other path parts)."
+        )
+    return match.group("repo"), match.group("revision")
+
+
 @contextlib.contextmanager
 def resolve(handle: str, cls=None):
     """Yields a keras-hub preset (local directory or handle) for any keras_pvt handle."""
@@ -187,20 +260,32 @@ def resolve(handle: str, cls=None):
     presets = all_presets()
     if handle in presets:
         family, preset = presets[handle]
+        from keras_pvt.convert import check_family
+
+        check_family(family, cls, f"Preset {handle!r}")
         entry = cache_root() / handle
         yield str(cached_conversion(
             entry, lambda: download_checkpoint(preset.hf_repo, handle), preset.hf_repo
         ))
         return
     if handle.startswith("hf://"):
-        repo_id = handle[len("hf://"):].strip("/")
-        if not _REPO_ID.match(repo_id) or ".." in repo_id:
-            raise PresetError(f"{handle!r} is not a valid Hugging Face repository handle.")
-        folder = download_checkpoint(repo_id, handle)
+        repo_id, revision = parse_hf_handle(handle)
+        folder = download_checkpoint(repo_id, handle, revision)
         if _is_keras_preset(folder):
-            yield handle
+            if revision is None:
+                yield f"hf://{repo_id}"
+            else:  # keras-hub's handles take no revision: pass the pinned snapshot
+                from huggingface_hub import snapshot_download
+
+                yield snapshot_download(repo_id, revision=revision)
             return
+        if not _COMMIT.fullmatch(folder.name):
+            raise PresetError(
+                f"{handle!r}: unexpected Hugging Face cache folder {folder} (not a commit)."
+            )
         entry = cache_root() / "hf" / repo_id.replace("/", "--") / folder.name
+        # (a checkpoint of another family is cached as converted; keras-hub then refuses
+        # to load it into `cls`, naming both classes)
         yield str(cached_conversion(entry, lambda: folder, handle))
         return
     path = Path(handle).expanduser()
@@ -211,7 +296,7 @@ def resolve(handle: str, cls=None):
         with tempfile.TemporaryDirectory(prefix="keras_pvt_") as tmp:
             from keras_pvt.convert import convert_to_preset
 
-            yield str(convert_to_preset(path, Path(tmp) / "preset"))
+            yield str(convert_to_preset(path, Path(tmp) / "preset", cls))
         return
     if "://" in handle:
         yield handle  # kaggle://, modelscope://: keras-hub's own handles
@@ -223,4 +308,11 @@ def resolve(handle: str, cls=None):
     )
 
 
-__all__ = ["CheckpointError", "PresetError", "cache_root", "presets_for", "resolve"]
+__all__ = [
+    "CheckpointError",
+    "PresetError",
+    "cache_root",
+    "parse_hf_handle",
+    "presets_for",
+    "resolve",
+]

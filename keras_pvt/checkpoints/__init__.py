@@ -1,11 +1,17 @@
 """Safe checkpoint reading and declarative key-table loading."""
 
-from keras_pvt.checkpoints.io import CheckpointError, find_weights_file, read_state_dict
+from keras_pvt.checkpoints.io import (
+    CheckpointError,
+    check_keras_weights,
+    find_weights_file,
+    read_state_dict,
+)
 from keras_pvt.checkpoints.keymap import KeyTable, fused, load_state_dict_into
 
 __all__ = [
     "CheckpointError",
     "KeyTable",
+    "check_keras_weights",
     "find_weights_file",
     "fused",
     "load_state_dict_into",

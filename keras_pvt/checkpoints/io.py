@@ -60,11 +60,38 @@ class _StorageType:
 
 
 def _rebuild_tensor(storage, offset, size, stride, *unused):
-    itemsize = storage.dtype.itemsize
+    # Offsets, sizes and strides come from the file: check them so that a crafted file
+    # cannot make `as_strided` read outside the storage.
+    try:
+        offset = int(offset)
+        size = tuple(int(d) for d in size)
+        stride = tuple(int(s) for s in stride)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"invalid tensor layout in the pickle ({error}).") from error
+    if not isinstance(storage, np.ndarray):
+        raise ValueError(f"invalid tensor storage in the pickle ({type(storage).__name__}).")
+    if (
+        offset < 0 or len(size) != len(stride) or any(d < 0 for d in size)
+        or any(s < 0 for s in stride)
+    ):
+        raise ValueError(
+            f"invalid tensor layout in the pickle (offset {offset}, size {size}, stride {stride})."
+        )
     if not size:
+        if offset >= storage.size:
+            raise ValueError("a tensor in the pickle points outside its storage.")
         return storage[offset : offset + 1].reshape(()).copy()
+    if 0 in size:
+        return np.zeros(size, storage.dtype)
+    last = offset + sum((d - 1) * s for d, s in zip(size, stride))
+    if last >= storage.size:
+        raise ValueError(
+            f"a tensor in the pickle (offset {offset}, size {size}, stride {stride}) points "
+            f"outside its storage of {storage.size} elements."
+        )
+    itemsize = storage.dtype.itemsize
     return np.lib.stride_tricks.as_strided(
-        storage[offset:], shape=tuple(size), strides=tuple(s * itemsize for s in stride)
+        storage[offset:], shape=size, strides=tuple(s * itemsize for s in stride)
     ).copy()
 
 
@@ -106,8 +133,16 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if not isinstance(storage_type, _StorageType):
             raise CheckpointError(f"{self.path}: unsupported storage type {storage_type!r}.")
         if key not in self.storages:
-            raw = self.archive.read(f"{self.prefix}data/{key}")
-            self.storages[key] = np.frombuffer(raw, dtype=_numpy_dtype(storage_type.dtype_name))
+            try:
+                raw = self.archive.read(f"{self.prefix}data/{key}")
+            except KeyError as error:
+                raise CheckpointError(f"{self.path}: storage {key!r} is missing from the "
+                                      "archive (truncated or corrupted file).") from error
+            dtype = _numpy_dtype(storage_type.dtype_name)
+            if len(raw) % dtype.itemsize:
+                raise CheckpointError(f"{self.path}: storage {key!r} has {len(raw)} bytes, "
+                                      f"not a whole number of {dtype} elements.")
+            self.storages[key] = np.frombuffer(raw, dtype=dtype)
         return self.storages[key]
 
 
@@ -135,9 +170,19 @@ def _read_torch_legacy(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise CheckpointError(
-            f"{path}: refused by torch.load(weights_only=True): {error}"
+            f"{path}: refused by torch.load(weights_only=True), which loads tensors only: "
+            f"the file is corrupted or holds other objects, and loading it could run "
+            f"arbitrary code ({first_line})."
         ) from error
+    except Exception as error:  # torch raises RuntimeError, EOFError... on damaged files
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint (truncated or corrupted?): "
+            f"{type(error).__name__}: {error}"
+        ) from error
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a dict of tensors, found {type(state).__name__}.")
     return {k: v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy()
             for k, v in state.items() if hasattr(v, "numpy")}
 
@@ -181,17 +226,36 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
             raise CheckpointError(f"{path}: not a valid shard index ({error}).") from error
         state = {}
         for shard in shards:
+            # Shards live next to their index: a name with a directory part could point
+            # anywhere on disk.
+            if not isinstance(shard, str) or Path(shard).name != shard or shard in ("", ".", ".."):
+                raise CheckpointError(f"{path}: invalid shard name {shard!r} in the index.")
             state.update(read_state_dict(path.parent / shard))
         return state
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
+    if path.suffix == ".keras":
+        raise CheckpointError(
+            f"{path} is a Keras model file, not a checkpoint: load it with "
+            "`keras.saving.load_model(path)` (safe_mode stays on, so files that hold "
+            "Python code such as lambda layers are refused)."
+        )
+    with open(path, "rb") as file:
+        magic = file.read(4)
+    if magic.startswith(b"PK") and not zipfile.is_zipfile(path):
+        raise CheckpointError(
+            f"{path}: truncated or corrupted PyTorch checkpoint (a zip archive without its "
+            "central directory)."
+        )
     if zipfile.is_zipfile(path):
         try:
             state = _read_torch_zip(path)
         except CheckpointError:
             raise
         except Exception as error:
-            raise CheckpointError(f"{path}: corrupted PyTorch checkpoint ({error}).") from error
+            raise CheckpointError(
+                f"{path}: corrupted PyTorch checkpoint ({type(error).__name__}: {error})."
+            ) from error
         return _unwrap(state, path)
     if path.suffix in (".bin", ".pth", ".pt", ".ckpt"):
         return _unwrap(_read_torch_legacy(path), path)
@@ -212,3 +276,78 @@ def find_weights_file(directory: str | os.PathLike) -> Path:
     raise CheckpointError(
         f"{directory}: no weights file found; expected one of {', '.join(WEIGHT_FILE_NAMES)}."
     )
+
+
+# Top-level groups of a Keras weights file that are not model variables.
+_KERAS_NON_MODEL_GROUPS = ("optimizer", "metrics", "compile_metrics", "_compile_metrics")
+
+
+def keras_weights_shapes(path: str | os.PathLike) -> dict[str, tuple]:
+    """`{dataset path: shape}` of a Keras `.weights.h5` file's model variables (metadata
+    only, nothing is read into memory)."""
+    import h5py
+
+    shapes = {}
+
+    def visit(name, obj):
+        if isinstance(obj, h5py.Dataset) and name.split("/")[0] not in _KERAS_NON_MODEL_GROUPS:
+            shapes[name] = tuple(obj.shape)
+
+    try:
+        with h5py.File(path, "r") as file:
+            file.visititems(visit)
+    except OSError as error:
+        raise CheckpointError(
+            f"{path}: not a readable Keras weights file (truncated or corrupted?): {error}"
+        ) from error
+    return shapes
+
+
+def check_keras_weights(path: str | os.PathLike, variables, what: str) -> None:
+    """Raises `CheckpointError` unless the `.weights.h5` file at `path` holds one tensor per
+    variable in `variables`, with the same shapes.
+
+    Keras matches a weights file to a model by layer order and silently ignores tensors left
+    over (a file with more blocks than `config.json` loads "fine"); this check runs before
+    anything is assigned.
+    """
+    shapes = keras_weights_shapes(path)
+    expected = collections.Counter(tuple(v.shape) for v in variables)
+    found = collections.Counter(shapes.values())
+    if expected == found:
+        return
+    extra, missing = found - expected, expected - found
+    sections = [f"The file holds {len(shapes)} tensors; the {what} has {len(variables)} "
+                "variables."]
+    if extra:
+        # The surplus is likely the last tensors of each shape (e.g. extra blocks).
+        names = _last_of_each_shape(list(shapes.items()), extra)
+        sections.append(f"tensors in the file beyond the model's ({sum(extra.values())}), by "
+                        f"shape: {_shape_counts(extra)}\n{_describe(names)}")
+    if missing:
+        names = _last_of_each_shape([(v.path, tuple(v.shape)) for v in variables], missing)
+        sections.append(f"variables of the model with no tensor in the file "
+                        f"({sum(missing.values())}), by shape: {_shape_counts(missing)}\n"
+                        f"{_describe(names)}")
+    raise CheckpointError(
+        f"{path} does not match the {what} (was it saved from another configuration? "
+        "compare config.json); nothing was loaded.\n" + "\n".join(sections)
+    )
+
+
+def _shape_counts(counts: collections.Counter) -> str:
+    return ", ".join(f"{shape} x{n}" for shape, n in counts.most_common())
+
+
+def _last_of_each_shape(items: list, counts: collections.Counter) -> list[str]:
+    picked = []
+    for shape, n in counts.items():
+        picked += [f"{name} {shape}" for name, s in items if s == shape][-n:]
+    return picked
+
+
+def _describe(items, limit=20):
+    lines = [f"  - {item}" for item in items[:limit]]
+    if len(items) > limit:
+        lines.append(f"  ... and {len(items) - limit} more")
+    return "\n".join(lines)

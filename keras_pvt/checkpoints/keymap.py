@@ -120,14 +120,18 @@ def load_state_dict_into(
     *,
     source: str = "checkpoint",
     ignore_unused: tuple[str, ...] = (),
+    file_key=None,
 ) -> None:
     """Assigns every variable of `model` from `state_dict` through `table`.
 
     All keys are checked before anything is assigned: missing keys, keys left unused and
     shape mismatches are reported together in one `CheckpointError`, and the model is left
     untouched. Unused keys starting with a prefix in `ignore_unused` are dropped quietly
-    (e.g. a classifier head when loading into a backbone).
+    (e.g. a classifier head when loading into a backbone). `file_key` maps a key back to its
+    name in the file (before e.g. a prefix was stripped), so that errors name it as it is
+    there.
     """
+    file_key = file_key or (lambda key: key)
     assignments, missing, mismatched, unmapped = [], [], [], []
     used = set()
     for variable in model.weights:
@@ -139,27 +143,28 @@ def load_state_dict_into(
             unmapped.append(path)
             continue
         name = key.key if isinstance(key, Fused) else key
+        shown = file_key(name)
         if name not in state_dict:
-            missing.append(f"{name} (for {path})")
+            missing.append(f"{shown} (for {path})")
             continue
         used.add(name)
         value = state_dict[name]
         if isinstance(key, Fused):
             if value.shape[0] % key.parts:
-                mismatched.append(f"{name}: {value.shape} cannot be split in {key.parts}")
+                mismatched.append(f"{shown}: {value.shape} cannot be split in {key.parts}")
                 continue
             size = value.shape[0] // key.parts
             value = value[key.index * size : (key.index + 1) * size]
         converted = to_keras_layout(np.asarray(value), variable.shape)
         if converted is None:
             mismatched.append(
-                f"{name}: checkpoint shape {tuple(value.shape)} does not fit {path} "
+                f"{shown}: checkpoint shape {tuple(value.shape)} does not fit {path} "
                 f"{tuple(variable.shape)}"
             )
             continue
         assignments.append((variable, converted))
     unexpected = sorted(
-        k for k in state_dict
+        file_key(k) for k in state_dict
         if k not in used and not IGNORED_SOURCE_KEYS.search(k)
         and not any(k.startswith(prefix) for prefix in ignore_unused)
     )

@@ -1,9 +1,13 @@
-"""Behaviour shared by every family's backbone and classifier: presets and label decoding."""
+"""Behaviour shared by every family's backbone and classifier: input validation, presets
+and label decoding."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 
+import keras
 import numpy as np
 from keras_hub.models import ImageClassifier
 
@@ -18,13 +22,254 @@ class classproperty:  # noqa: N801 - mirrors the builtin `property`
         return self.getter(owner)
 
 
-class PresetMixin:
+# --- Input validation -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Downsampling:
+    """One spatial down-sampling step of a backbone, as the input-size check sees it.
+
+    A convolution-like step `out = (size + 2 * padding - kernel) // stride + 1`, and the
+    smallest feature map `min_output` that the layers after it accept (e.g. a spatial-
+    reduction convolution with an r x r kernel needs maps of at least r pixels).
+
+    Args:
+        kernel: kernel size of the step.
+        stride: its stride.
+        padding: zero padding on each side.
+        min_output: the smallest output size the following layers accept.
+        reason: what needs `min_output`, for the error message.
+    """
+
+    kernel: int
+    stride: int
+    padding: int = 0
+    min_output: int = 1
+    reason: str = ""
+
+    def output_size(self, size: int) -> int:
+        return (size + 2 * self.padding - self.kernel) // self.stride + 1
+
+
+def minimum_input_size(steps: Sequence[Downsampling]) -> int:
+    """The smallest input size (per spatial axis) for which every step's output is at least
+    its `min_output` (and at least 1 pixel)."""
+    need = 1
+    for step in reversed(steps):
+        need = max(need, step.min_output, 1)
+        # out >= need  <=>  size >= (need - 1) * stride + kernel - 2 * padding
+        need = max((need - 1) * step.stride + step.kernel - 2 * step.padding, 1)
+    return need
+
+
+def _explain_too_small(steps: Sequence[Downsampling], size: int) -> str:
+    for index, step in enumerate(steps):
+        out = step.output_size(size)
+        if out < max(step.min_output, 1):
+            what = step.reason or f"down-sampling step {index + 1}"
+            return f"a {size}-pixel side gives a {max(out, 0)}-pixel map where {what} needs " \
+                f"at least {step.min_output}"
+        size = out
+    return ""
+
+
+_FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+def _static_shape_and_dtype(inputs):
+    """`(shape, dtype)` of an array-like input, with None for unknown dims; None if the input
+    is not a single array-like (Keras then handles it)."""
+    if isinstance(inputs, dict) and len(inputs) == 1:
+        inputs = next(iter(inputs.values()))
+    if isinstance(inputs, (list, tuple)) and len(inputs) == 1 and hasattr(inputs[0], "shape"):
+        inputs = inputs[0]  # Keras reads a 1-element structure as the single input
+    if not (hasattr(inputs, "shape") and hasattr(inputs, "dtype")):
+        return None
+    try:
+        dims = list(inputs.shape)
+    except (TypeError, ValueError):  # a TensorFlow tensor of unknown rank
+        return None
+    # Symbolic dimensions (JAX shape polymorphism, torch SymInt) count as unknown: converting
+    # them to int would raise or specialise the trace.
+    shape = [int(d) if isinstance(d, (int, np.integer)) and not isinstance(d, bool) else None
+             for d in dims]
+    try:
+        dtype = keras.backend.standardize_dtype(inputs.dtype)
+    except (TypeError, ValueError, AttributeError):
+        dtype = str(inputs.dtype)
+    return tuple(shape), dtype
+
+
+def _channels_message(name: str, shape: tuple, channels: int) -> str:
+    message = (
+        f"{name} expects {channels} channels in the last axis of a channels-last batch "
+        f"(batch, height, width, {channels}); received shape {shape}."
+    )
+    if len(shape) >= 3 and shape[-3] == channels:
+        axes = "(0, 2, 3, 1)" if len(shape) == 4 else "(1, 2, 0)"
+        message += (
+            f" It looks like channels-first (N, {channels}, H, W); transpose to NHWC, e.g. "
+            f"`np.transpose(images, {axes})`."
+        )
+    return message
+
+
+class ImageInputMixin:
+    """Checks every call's image batch against the model before any kernel runs.
+
+    Raised errors name what was expected: a 4-D channels-last batch (`TypeError` for a
+    non-float dtype; `ValueError` for a wrong rank, a wrong channel count -- with a hint when
+    the batch looks channels-first --, an empty batch, a size other than a fixed
+    `image_shape`, or images smaller than the architecture supports, with the minimum size
+    computed from the configuration). The checks read only static shapes and dtypes, so they
+    run unchanged on eager calls, `predict`/`fit` (traced or jit-compiled), symbolic
+    (functional) use and SavedModel export, and cost nothing per step.
+
+    Pixel values are not inspected: NaN or Inf pixels propagate, making that image's outputs
+    non-finite, while the other images of the batch are unaffected. Check untrusted inputs
+    with `np.isfinite` if that matters.
+
+    Families describe their spatial down-sampling with `_input_geometry`; the minimum image
+    size follows from it.
+    """
+
+    def _input_geometry(self) -> list[Downsampling]:
+        """The backbone's down-sampling steps, in order (per family; none by default)."""
+        backbone = getattr(self, "backbone", None)
+        if backbone is not None and backbone is not self and hasattr(backbone, "_input_geometry"):
+            return backbone._input_geometry()
+        return []
+
+    def minimum_image_size(self) -> int:
+        """The smallest image height and width (pixels) that this configuration accepts."""
+        return minimum_input_size(self._input_geometry())
+
+    def _expected_image_shape(self) -> tuple:
+        inputs = getattr(self, "inputs", None)
+        if inputs and len(inputs) == 1:
+            return tuple(inputs[0].shape[1:])
+        return (None, None, 3)
+
+    def _validate_images(self, inputs) -> None:
+        found = _static_shape_and_dtype(inputs)
+        if found is None:
+            return
+        shape, dtype = found
+        name = type(self).__name__
+        expected = self._expected_image_shape()
+        channels = expected[-1]
+        if "float" not in dtype:
+            raise TypeError(
+                f"{name} expects a floating-point image batch (normalised pixels, "
+                f"channels last); received dtype {dtype} (shape {shape}). Raw images go "
+                "through `predict()` or the preprocessor, which resize and normalise them; "
+                "otherwise cast and normalise them first."
+            )
+        if len(shape) != 4:
+            message = (
+                f"{name} expects a 4-D image batch (batch, height, width, {channels}); "
+                f"received a {len(shape)}-D input of shape {shape}."
+            )
+            if len(shape) == 3:
+                message += " For a single image, add a batch axis: `images[None]`."
+                if shape[0] == channels and shape[-1] != channels:
+                    message += " It also looks channels-first (3, H, W): transpose to HWC."
+            raise ValueError(message)
+        if channels is not None and shape[-1] is not None and shape[-1] != channels:
+            raise ValueError(_channels_message(name, shape, channels))
+        if shape[0] == 0:
+            raise ValueError(f"{name} received an empty batch (shape {shape}); pass at least "
+                             "one image.")
+        for axis, label in ((1, "height"), (2, "width")):
+            fixed = expected[axis - 1]
+            if fixed is not None and shape[axis] is not None and shape[axis] != fixed:
+                raise ValueError(
+                    f"{name} was built for images of shape {expected} (`image_shape`); "
+                    f"received {shape}, whose {label} differs. Resize the images, or build "
+                    f"the model with `image_shape=(None, None, {channels})` for any size."
+                )
+        minimum = self.minimum_image_size()
+        for axis, label in ((1, "height"), (2, "width")):
+            if shape[axis] is not None and shape[axis] < minimum:
+                explanation = _explain_too_small(self._input_geometry(), shape[axis])
+                raise ValueError(
+                    f"{name} needs images of at least {minimum}x{minimum} pixels with this "
+                    f"configuration; received {label} {shape[axis]} (shape {shape}). "
+                    + (f"{explanation[0].upper()}{explanation[1:]}. " if explanation else "")
+                    + "Resize or pad the images (a classifier's `predict()` resizes raw "
+                    "images to its preprocessor's size)."
+                )
+
+    def __call__(self, *args, **kwargs):
+        if args:
+            self._validate_images(args[0])
+        elif "inputs" in kwargs:
+            self._validate_images(kwargs["inputs"])
+        return super().__call__(*args, **kwargs)
+
+    # Also on `call`: JAX's `fit`/`predict` and `stateless_call` enter here, not `__call__`.
+    def call(self, inputs, training=None, mask=None, **kwargs):
+        self._validate_images(inputs)
+        return super().call(inputs, training=training, mask=mask, **kwargs)
+
+    # `predict`/`fit`/`evaluate` check their data up front: TensorFlow traces the steps with
+    # relaxed (unknown) shapes, and a classifier's preprocessor resizes raw images first.
+    def predict(self, x=None, *args, **kwargs):
+        self._validate_data(x, "predict")
+        return super().predict(x, *args, **kwargs)
+
+    def fit(self, x=None, *args, **kwargs):
+        self._validate_data(x, "fit")
+        return super().fit(x, *args, **kwargs)
+
+    def evaluate(self, x=None, *args, **kwargs):
+        self._validate_data(x, "evaluate")
+        return super().evaluate(x, *args, **kwargs)
+
+    def _validate_data(self, x, method: str) -> None:
+        spec = getattr(x, "element_spec", None)  # a tf.data.Dataset: check its static spec
+        if spec is not None:
+            x = spec[0] if isinstance(spec, tuple) else spec
+        if getattr(self, "preprocessor", None) is not None:
+            self._validate_raw_images(x, method)
+        else:
+            self._validate_images(x)
+
+    def _validate_raw_images(self, x, method: str) -> None:
+        """Checks raw images given to `predict`/`fit`/`evaluate` before preprocessing."""
+        found = _static_shape_and_dtype(x)
+        if found is None:
+            return
+        shape, dtype = found
+        name = f"{type(self).__name__}.{method}()"
+        channels = self._expected_image_shape()[-1]
+        if dtype == "bool" or not any(t in dtype for t in ("int", "float")):
+            raise TypeError(
+                f"{name} expects raw images as integers (e.g. uint8 in [0, 255]) or floats; "
+                f"received dtype {dtype} (shape {shape})."
+            )
+        if len(shape) != 4:
+            message = (
+                f"{name} expects a 4-D batch of images (batch, height, width, {channels}); "
+                f"received a {len(shape)}-D input of shape {shape}."
+            )
+            if len(shape) == 3:
+                message += " For a single image, add a batch axis: `images[None]`."
+            raise ValueError(message)
+        if channels is not None and shape[-1] is not None and shape[-1] != channels:
+            raise ValueError(_channels_message(name, shape, channels))
+        if shape[0] == 0:
+            raise ValueError(f"{name} received an empty batch (shape {shape}).")
+
+
+class PresetMixin(ImageInputMixin):
     """`from_preset` that also understands keras_pvt preset names, `hf://` repositories and
     transformers / timm / original checkpoints (directories or single files).
 
     Everything is converted once into keras-hub's preset format and then loaded by
     keras-hub, so `load_weights`, `num_classes`, `dtype`, `image_shape`... behave as in
-    keras-hub.
+    keras-hub. Every keras_pvt backbone and classifier derives from it, so all of them
+    validate their inputs (`ImageInputMixin`).
     """
 
     @classproperty
@@ -50,6 +295,41 @@ class PresetMixin:
 
         with hub.resolve(preset, cls) as local_preset:
             return super().from_preset(local_preset, load_weights=load_weights, **kwargs)
+
+    # keras-hub loads presets through these two. Keras matches weights to layers by order and
+    # ignores leftover tensors, so the file's structure is checked first, and load errors
+    # name the file.
+    def load_weights(self, filepath, *args, **kwargs):
+        from keras_pvt.checkpoints import check_keras_weights
+
+        if str(filepath).endswith(".weights.h5") and not kwargs.get("skip_mismatch"):
+            check_keras_weights(filepath, self.weights, type(self).__name__)
+        with _naming_file(filepath, type(self).__name__):
+            return super().load_weights(filepath, *args, **kwargs)
+
+    def load_task_weights(self, filepath):
+        from keras_pvt.checkpoints import check_keras_weights
+
+        backbone_ids = {id(v) for v in self.backbone.weights}
+        head = [v for v in self.weights if id(v) not in backbone_ids]
+        check_keras_weights(filepath, head, f"{type(self).__name__} head")
+        with _naming_file(filepath, type(self).__name__):
+            return super().load_task_weights(filepath)
+
+
+@contextlib.contextmanager
+def _naming_file(filepath, what: str):
+    from keras_pvt.checkpoints import CheckpointError
+
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except (ValueError, OSError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise CheckpointError(
+            f"{filepath}: could not be loaded into {what}: {type(error).__name__}: {first}"
+        ) from error
 
 
 class BaseImageClassifier(PresetMixin, ImageClassifier):

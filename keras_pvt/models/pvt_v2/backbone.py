@@ -6,7 +6,7 @@ import keras
 from keras_hub.models import FeaturePyramidBackbone
 
 from keras_pvt.layers import DropPath, MixFFN, OverlapPatchEmbedding, SpatialReductionAttention
-from keras_pvt.models.base import PresetMixin
+from keras_pvt.models.base import Downsampling, PresetMixin
 
 
 @keras.saving.register_keras_serializable(package="keras_pvt")
@@ -111,7 +111,11 @@ class PVTv2Backbone(PresetMixin, FeaturePyramidBackbone):
 
     The output is the last stage's NHWC feature map (stride 32); `pyramid_outputs` holds
     `"P2"`..`"P5"` (strides 4..32). With the default `image_shape=(None, None, 3)` one model
-    accepts any image size, square or not.
+    accepts any image size, square or not, down to `minimum_image_size()` pixels (29 for
+    b0: stage 1's 8x8 spatial reduction needs an 8-pixel map; 1 with linear SRA). Calls
+    check the input's static shape and dtype and raise a `ValueError`/`TypeError` naming
+    what was expected; NaN/Inf pixels are not checked and make that image's outputs
+    non-finite (see `keras_pvt.models.base.ImageInputMixin`).
 
     Args:
         hidden_sizes: channels per stage.
@@ -218,6 +222,20 @@ class PVTv2Backbone(PresetMixin, FeaturePyramidBackbone):
         self.reduction_norm_epsilon = reduction_norm_epsilon
         self.image_shape = tuple(image_shape)
         self.pyramid_outputs = pyramid_outputs
+
+    def _input_geometry(self) -> list[Downsampling]:
+        # Each stage's patch embedding pads k // 2; an SRA convolution (kernel = stride =
+        # sr_ratio, no padding) needs a map of at least sr_ratio pixels. Linear SRA pools
+        # to 7x7 first, which works from 1 pixel up.
+        steps = []
+        for stage, (kernel, stride) in enumerate(zip(self.patch_sizes, self.strides)):
+            ratio = 1 if self.linear_attention else self.sr_ratios[stage]
+            reason = (
+                f"stage {stage + 1}'s {ratio}x{ratio} spatial-reduction convolution "
+                f"(sr_ratios[{stage}]={ratio})"
+            )
+            steps.append(Downsampling(kernel, stride, kernel // 2, ratio, reason))
+        return steps
 
     def get_config(self):
         config = super().get_config()
