@@ -4,6 +4,12 @@ from keras_pvt import layers
 from keras_pvt.checkpoints import CheckpointError
 from keras_pvt.convert import convert_to_preset
 from keras_pvt.hub import PresetError
+from keras_pvt.models.pvt import (
+    PVTBackbone,
+    PVTClassifier,
+    PVTImageClassifierPreprocessor,
+    PVTImageConverter,
+)
 from keras_pvt.models.pvt_v2 import (
     PVTv2Backbone,
     PVTv2Classifier,
@@ -15,6 +21,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError",
+    "PVTBackbone",
+    "PVTClassifier",
+    "PVTImageClassifierPreprocessor",
+    "PVTImageConverter",
     "PVTv2Backbone",
     "PVTv2Classifier",
     "PVTv2ImageClassifierPreprocessor",

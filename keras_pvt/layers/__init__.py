@@ -6,6 +6,7 @@ from keras_pvt.layers.drop_path import DropPath
 from keras_pvt.layers.ffn import MLP, MixFFN, gelu
 from keras_pvt.layers.patch_embedding import OverlapPatchEmbedding
 from keras_pvt.layers.pooling import AdaptiveAveragePooling2D, adaptive_pool_matrix
+from keras_pvt.layers.position_embedding import PositionEmbedding, bilinear_resize
 
 __all__ = [
     "AdaptiveAveragePooling2D",
@@ -16,8 +17,10 @@ __all__ = [
     "MLP",
     "MixFFN",
     "OverlapPatchEmbedding",
+    "PositionEmbedding",
     "SpatialReductionAttention",
     "adaptive_pool_matrix",
+    "bilinear_resize",
     "gelu",
     "multi_head_attention",
 ]

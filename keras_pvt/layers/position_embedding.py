@@ -1,0 +1,127 @@
+"""Learned position embeddings that follow the input's grid, optionally with a class token."""
+
+import keras
+from keras import ops
+
+
+def bilinear_resize_indices(output_size, input_size: int):
+    """Source rows and weights of PyTorch's bilinear resize (`align_corners=False`).
+
+    Returns `(lower, upper, weight)`, each of length `output_size`: output position `i`
+    is `(1 - weight[i]) * x[lower[i]] + weight[i] * x[upper[i]]`, with torch's source
+    coordinate `max((i + 0.5) * input_size / output_size - 0.5, 0)`. `output_size` may be
+    dynamic (a tensor or a symbolic dimension); `input_size` is a Python int.
+    """
+    scale = ops.cast(input_size, "float32") / ops.cast(output_size, "float32")
+    positions = ops.cast(ops.arange(output_size), "float32")
+    source = ops.maximum((positions + 0.5) * scale - 0.5, 0.0)
+    lower = ops.minimum(ops.cast(ops.floor(source), "int32"), input_size - 1)
+    upper = ops.minimum(lower + 1, input_size - 1)
+    weight = source - ops.cast(lower, "float32")
+    return lower, upper, weight
+
+
+def bilinear_resize(grid, size):
+    """Resizes a `(height, width, channels)` grid to `size` like
+    `F.interpolate(..., mode="bilinear", align_corners=False)` (no antialiasing).
+
+    Written as gathers and a weighted sum rather than a matmul, so a same-size resize is the
+    identity bit for bit (also under TF32 / reduced-precision matmuls), and so it accepts
+    dynamic sizes on every backend, in jit and in shape-polymorphic export.
+    """
+    grid_height, grid_width = grid.shape[0], grid.shape[1]
+    lower, upper, weight = bilinear_resize_indices(size[0], grid_height)
+    weight = ops.cast(weight, grid.dtype)[:, None, None]
+    grid = ops.take(grid, lower, axis=0) * (1.0 - weight) + ops.take(grid, upper, axis=0) * weight
+    lower, upper, weight = bilinear_resize_indices(size[1], grid_width)
+    weight = ops.cast(weight, grid.dtype)[None, :, None]
+    return ops.take(grid, lower, axis=1) * (1.0 - weight) + ops.take(grid, upper, axis=1) * weight
+
+
+@keras.saving.register_keras_serializable(package="keras_pvt")
+class PositionEmbedding(keras.layers.Layer):
+    """Learned position embeddings stored on a fixed grid, resized to each input's grid.
+
+    The stored `grid_size` grid is resized bilinearly (`align_corners=False`, as the original
+    PVT v1 does) to the input map's height and width, so one model accepts any image size;
+    at the stored size the embeddings are added unchanged. Input: an NHWC map.
+
+    With `cls_token=True` the layer also holds a learned class token and its own
+    position-embedding slot (kept as is, never resized): it returns the token sequence
+    `(batch, 1 + height * width, channels)`, class token first, like PVT v1's last stage.
+    Weights follow the PyTorch layout: `embeddings` `(1, [1 +] grid_h * grid_w, channels)`
+    (row-major grid) and `cls_token` `(1, 1, channels)`.
+
+    Args:
+        grid_size: int or `(height, width)` of the stored grid.
+        cls_token: prepend a learned class token with its own position embedding.
+        initializer_range: standard deviation of the truncated-normal initialisation.
+    """
+
+    def __init__(
+        self,
+        grid_size: int | tuple[int, int],
+        cls_token: bool = False,
+        initializer_range: float = 0.02,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if isinstance(grid_size, int):
+            grid_size = (grid_size, grid_size)
+        self.grid_size = tuple(int(s) for s in grid_size)
+        if len(self.grid_size) != 2 or min(self.grid_size) < 1:
+            raise ValueError(f"grid_size must be two positive ints; received {grid_size}.")
+        self.cls_token = cls_token
+        self.initializer_range = initializer_range
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        grid_height, grid_width = self.grid_size
+        initializer = keras.initializers.TruncatedNormal(stddev=self.initializer_range)
+        self.embeddings = self.add_weight(
+            shape=(1, int(self.cls_token) + grid_height * grid_width, channels),
+            initializer=initializer,
+            name="embeddings",
+        )
+        if self.cls_token:
+            self.class_token = self.add_weight(
+                shape=(1, 1, channels), initializer=initializer, name="cls_token"
+            )
+        self.built = True
+
+    def call(self, inputs):
+        if len(inputs.shape) != 4:
+            raise ValueError(
+                f"PositionEmbedding expects an NHWC feature map; received shape {inputs.shape}."
+            )
+        channels = inputs.shape[-1]
+        shape = ops.shape(inputs)
+        grid = self.embeddings[0, int(self.cls_token) :]
+        grid = ops.reshape(grid, (*self.grid_size, channels))
+        grid = bilinear_resize(ops.cast(grid, "float32"), (shape[1], shape[2]))
+        x = inputs + ops.cast(grid, inputs.dtype)[None]
+        if not self.cls_token:
+            return x
+        # Explicit token count (not -1): shape-polymorphic export must be able to follow it.
+        tokens = ops.reshape(x, (shape[0], shape[1] * shape[2], channels))
+        cls = ops.cast(self.class_token + self.embeddings[:, :1], inputs.dtype)
+        cls = ops.broadcast_to(cls, (shape[0], 1, channels))
+        return ops.concatenate([cls, tokens], axis=1)
+
+    def compute_output_shape(self, input_shape):
+        if not self.cls_token:
+            return input_shape
+        batch, height, width, channels = input_shape
+        tokens = None if height is None or width is None else 1 + height * width
+        return (batch, tokens, channels)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "grid_size": self.grid_size,
+                "cls_token": self.cls_token,
+                "initializer_range": self.initializer_range,
+            }
+        )
+        return config
