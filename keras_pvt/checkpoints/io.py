@@ -13,6 +13,7 @@ import collections
 import json
 import os
 import pickle
+import re
 import zipfile
 from pathlib import Path
 
@@ -170,7 +171,8 @@ def _read_torch_legacy(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()  # torch's bold markers
+        first_line = text.splitlines()[0] if text else ""
         raise CheckpointError(
             f"{path}: refused by torch.load(weights_only=True), which loads tensors only: "
             f"the file is corrupted or holds other objects, and loading it could run "

@@ -203,17 +203,17 @@ def test_checks_do_not_break_jit_and_export(backbone, tmp_path):
         got = forward([v.value for v in backbone.trainable_variables],
                       [v.value for v in backbone.non_trainable_variables], x)
         np.testing.assert_allclose(np.asarray(got), expected, atol=1e-5)
-        # Symbolic batch sizes fail in the layers' reshapes under jax2tf (not in the checks):
-        # export with a static signature.
-        signature = [keras.InputSpec(shape=(2, 64, 64, 3), dtype=F32)]
+        signature = None  # symbolic batch and image sizes (jax2tf shape polymorphism)
     elif backend == "tensorflow":
         import tensorflow as tf
 
         forward = tf.function(backbone, jit_compile=True, reduce_retracing=True)
         np.testing.assert_allclose(forward(x).numpy(), expected, atol=1e-5)
         signature = None  # (None, None, None, 3): all dims unknown in the trace
-    else:
-        program = torch.export.export(backbone, (torch.from_numpy(x),))
+    else:  # torch.export traces with a symbolic (SymInt) batch size
+        batch = torch.export.Dim("batch", min=1, max=64)
+        program = torch.export.export(backbone, (torch.from_numpy(x),),
+                                      dynamic_shapes=(({0: batch},),))
         got = program.module()(torch.from_numpy(x)).detach().numpy()
         np.testing.assert_allclose(got, expected, atol=1e-5)
         return
