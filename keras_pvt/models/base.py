@@ -11,6 +11,9 @@ import keras
 import numpy as np
 from keras_hub.models import ImageClassifier
 
+from keras_pvt.data import PythonDataMixin
+from keras_pvt.export import ExportMixin
+
 
 class classproperty:  # noqa: N801 - mirrors the builtin `property`
     """A read-only property on the class (keras-hub's own helper is private)."""
@@ -262,14 +265,15 @@ class ImageInputMixin:
             raise ValueError(f"{name} received an empty batch (shape {shape}).")
 
 
-class PresetMixin(ImageInputMixin):
+class PresetMixin(ExportMixin, ImageInputMixin):
     """`from_preset` that also understands keras_pvt preset names, `hf://` repositories and
     transformers / timm / original checkpoints (directories or single files).
 
     Everything is converted once into keras-hub's preset format and then loaded by
     keras-hub, so `load_weights`, `num_classes`, `dtype`, `image_shape`... behave as in
     keras-hub. Every keras_pvt backbone and classifier derives from it, so all of them
-    validate their inputs (`ImageInputMixin`).
+    validate their inputs (`ImageInputMixin`) and export with dynamic shapes and clear
+    per-backend errors (`keras_pvt.export.ExportMixin`).
     """
 
     @classproperty
@@ -332,8 +336,9 @@ def _naming_file(filepath, what: str):
         ) from error
 
 
-class BaseImageClassifier(PresetMixin, ImageClassifier):
-    """keras-hub `ImageClassifier` that also knows its class names.
+class BaseImageClassifier(PythonDataMixin, PresetMixin, ImageClassifier):
+    """keras-hub `ImageClassifier` that also knows its class names, and whose `fit`/`evaluate`/
+    `predict` also take a `keras.utils.PyDataset` or a torch `DataLoader` (`keras_pvt.data`).
 
     Args:
         backbone: the family's backbone.
