@@ -4,6 +4,12 @@ from keras_pvt import layers
 from keras_pvt.checkpoints import CheckpointError
 from keras_pvt.convert import convert_to_preset
 from keras_pvt.hub import PresetError
+from keras_pvt.models.cvt import (
+    CvTBackbone,
+    CvTClassifier,
+    CvTImageClassifierPreprocessor,
+    CvTImageConverter,
+)
 from keras_pvt.models.pvt import (
     PVTBackbone,
     PVTClassifier,
@@ -21,6 +27,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError",
+    "CvTBackbone",
+    "CvTClassifier",
+    "CvTImageClassifierPreprocessor",
+    "CvTImageConverter",
     "PVTBackbone",
     "PVTClassifier",
     "PVTImageClassifierPreprocessor",

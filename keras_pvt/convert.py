@@ -116,6 +116,8 @@ def _image_converter(family: Family, checkpoint: Checkpoint):
         kwargs["offset"] = offset
     if config.get("resample") in _INTERPOLATIONS:
         kwargs["interpolation"] = _INTERPOLATIONS[config["resample"]]
+    if family.image_converter_kwargs is not None:
+        kwargs.update(family.image_converter_kwargs(config))
     return family.image_converter_cls(**kwargs)
 
 

@@ -2,6 +2,7 @@
 
 from keras_pvt.layers.attention import SpatialReductionAttention, multi_head_attention
 from keras_pvt.layers.conv import Conv2D, Dense, DepthwiseConv2D
+from keras_pvt.layers.conv_attention import ConvAttention, ConvProjection
 from keras_pvt.layers.drop_path import DropPath
 from keras_pvt.layers.ffn import MLP, MixFFN, gelu
 from keras_pvt.layers.patch_embedding import OverlapPatchEmbedding
@@ -11,6 +12,8 @@ from keras_pvt.layers.position_embedding import PositionEmbedding, bilinear_resi
 __all__ = [
     "AdaptiveAveragePooling2D",
     "Conv2D",
+    "ConvAttention",
+    "ConvProjection",
     "Dense",
     "DepthwiseConv2D",
     "DropPath",

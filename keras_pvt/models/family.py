@@ -44,3 +44,5 @@ class Family:
     kwargs_from_transformers: Callable[[dict], dict]
     kwargs_from_weights: Callable[[dict, str], dict]
     presets: dict[str, Preset] = field(default_factory=dict)
+    # Extra image-converter arguments read from preprocessor_config.json (e.g. crop_pct).
+    image_converter_kwargs: Callable[[dict], dict] | None = None

@@ -1,0 +1,17 @@
+"""CvT: backbone, classifier, preprocessing, checkpoint map and presets."""
+
+from keras_pvt.models.cvt.backbone import CvTBackbone, CvTClassToken, CvTLayer
+from keras_pvt.models.cvt.classifier import CvTClassifier
+from keras_pvt.models.cvt.preprocessor import (
+    CvTImageClassifierPreprocessor,
+    CvTImageConverter,
+)
+
+__all__ = [
+    "CvTBackbone",
+    "CvTClassToken",
+    "CvTClassifier",
+    "CvTImageClassifierPreprocessor",
+    "CvTImageConverter",
+    "CvTLayer",
+]
