@@ -312,8 +312,25 @@ def _export_onnx_torch(model, filepath, input_signature, verbose, opset_version=
             f"{type(model).__name__}; use the TensorFlow backend for ONNX export."
         )
     program.save(filepath)
+    _check_onnx(filepath, model)
     if verbose or verbose is None:
         print(f"Saved artifact at '{filepath}'.")
+
+
+def _check_onnx(filepath: str, model) -> None:
+    """Rejects a graph that onnxruntime could not load (torch.onnx can emit ops whose shapes
+    do not infer, e.g. for gather-based resizes), rather than leaving a broken file."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(filepath, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
+        Path(filepath).unlink(missing_ok=True)
+        raise ExportError(
+            f"torch.onnx produced an invalid ONNX graph for {type(model).__name__} "
+            f"({str(error).splitlines()[0][:300]}); use the TensorFlow backend for ONNX "
+            "export. " + _BACKEND_HINT.format(backend="tensorflow")
+        ) from error
 
 
 _ERFC_REGISTERED = False

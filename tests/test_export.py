@@ -208,3 +208,32 @@ if BACKEND == "tensorflow":  # the one backend that writes all three formats
             record_delta(f"examples/export.py {format} vs Keras", delta)
             assert delta < 1e-4, line
         assert "top-1 for grace_hopper.jpg: label_" in result.stdout
+
+
+def test_other_families_export_through_the_same_path(tmp_path, record_delta):
+    """PVT v1 (position embeddings resized to each input) takes the same export path."""
+    backbone = keras_pvt.PVTBackbone(hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1],
+                                     num_heads=[1, 2, 3, 4], mlp_ratios=[2, 2, 2, 2])
+    model = randomize_keras_norms(keras_pvt.PVTClassifier(backbone=backbone, num_classes=3))
+    cases = [(1, 64, 96), (3, 64, 96)]
+    if BACKEND == "torch":
+        path = tmp_path / "pvt.onnx"
+        try:
+            model.export(str(path), format="onnx", image_size=(64, 96), verbose=False)
+        except ExportError as error:  # torch.onnx mistranslates the gather-based resize
+            assert "use the TensorFlow backend" in str(error)
+            assert not path.exists()
+            return
+        run = lambda x: run_onnx(path, x)[0]  # noqa: E731
+    else:
+        import tensorflow as tf
+
+        path = tmp_path / "saved_model"
+        model.export(str(path), verbose=False)
+        loaded = tf.saved_model.load(str(path))
+        run = lambda x: loaded.serve(x).numpy()  # noqa: E731
+        cases.append((2, 128, 128))
+    delta = max(float(np.abs(run(inputs(*c)) - keras_outputs(model, inputs(*c))).max())
+                for c in cases)
+    record_delta("PVT v1 export vs Keras", delta)
+    assert delta < 1e-5
