@@ -21,6 +21,16 @@ def bilinear_resize_indices(output_size, input_size: int):
     return lower, upper, weight
 
 
+def _gather(x, indices, axis: int):
+    """`ops.take` along one axis. On PyTorch, `index_select` directly: keras' `take` adds a
+    `squeeze` that torch ignores but ONNX rejects, so exported graphs would not load."""
+    if keras.backend.backend() == "torch":
+        import torch
+
+        return torch.index_select(x, axis, indices.long())
+    return ops.take(x, indices, axis=axis)
+
+
 def bilinear_resize(grid, size):
     """Resizes a `(height, width, channels)` grid to `size` like
     `F.interpolate(..., mode="bilinear", align_corners=False)` (no antialiasing).
@@ -32,10 +42,10 @@ def bilinear_resize(grid, size):
     grid_height, grid_width = grid.shape[0], grid.shape[1]
     lower, upper, weight = bilinear_resize_indices(size[0], grid_height)
     weight = ops.cast(weight, grid.dtype)[:, None, None]
-    grid = ops.take(grid, lower, axis=0) * (1.0 - weight) + ops.take(grid, upper, axis=0) * weight
+    grid = _gather(grid, lower, 0) * (1.0 - weight) + _gather(grid, upper, 0) * weight
     lower, upper, weight = bilinear_resize_indices(size[1], grid_width)
     weight = ops.cast(weight, grid.dtype)[None, :, None]
-    return ops.take(grid, lower, axis=1) * (1.0 - weight) + ops.take(grid, upper, axis=1) * weight
+    return _gather(grid, lower, 1) * (1.0 - weight) + _gather(grid, upper, 1) * weight
 
 
 @keras.saving.register_keras_serializable(package="keras_pvt")
