@@ -43,10 +43,10 @@ class PreprocessedPyDataset(keras.utils.PyDataset):
     """
 
     def __init__(self, dataset: keras.utils.PyDataset, preprocess):
-        super().__init__(
-            workers=dataset.workers,
-            use_multiprocessing=dataset.use_multiprocessing,
-            max_queue_size=dataset.max_queue_size,
+        super().__init__(  # (a PyDataset that skipped super().__init__ has keras' defaults)
+            workers=getattr(dataset, "workers", 1),
+            use_multiprocessing=getattr(dataset, "use_multiprocessing", False),
+            max_queue_size=getattr(dataset, "max_queue_size", 10),
         )
         self.dataset = dataset
         self.preprocess = preprocess

@@ -8,7 +8,8 @@
   height and width are symbolic with that minimum as a constraint (keras' default leaves them
   unconstrained and the spatial-reduction shapes cannot be proven valid).
 - ONNX from the PyTorch backend through `torch.onnx.export(dynamo=True)` with a dynamic batch
-  (keras' route samples every unknown dimension as 1, too small for any image model).
+  (keras' route samples every unknown dimension as 1, too small for any image model); the
+  graph must pass ONNX's shape inference, or an `ExportError` says to use TensorFlow.
 - ONNX from TensorFlow through tf2onnx, which lacks TensorFlow's `Erfc` (exact GELU); it is
   mapped to ONNX `1 - Erf`.
 - a clear `ExportError` naming the backend to use when a format cannot be produced on the
@@ -49,7 +50,7 @@ class ExportError(ValueError):
 def export(
     model: keras.Model,
     filepath: str | Path,
-    format: str = "tf_saved_model",  # noqa: A002 - keras' own argument name
+    format: str = "tf_saved_model",  # keras' own argument name
     *,
     image_size: int | Sequence[int] | None = None,
     input_signature=None,
@@ -111,7 +112,7 @@ def export(
 class ExportMixin:
     """`model.export(...)` through `keras_pvt.export.export` (dynamic shapes, clear errors)."""
 
-    def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None,  # noqa: A002
+    def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None,
                **kwargs):
         """Exports the model for inference; see `keras_pvt.export.export`.
 
@@ -141,7 +142,7 @@ def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def _require(format: str, *modules: str) -> None:  # noqa: A002
+def _require(format: str, *modules: str) -> None:
     missing = [m for m in modules if not _installed(m)]
     if missing:
         raise ExportError(
@@ -150,7 +151,7 @@ def _require(format: str, *modules: str) -> None:  # noqa: A002
         )
 
 
-def _check_supported(format: str, backend: str) -> None:  # noqa: A002
+def _check_supported(format: str, backend: str) -> None:
     if format == "tf_saved_model":
         _require("a SavedModel", "tensorflow")
         if backend == "torch" and not _installed("torch_xla"):
@@ -346,7 +347,7 @@ def _register_tf2onnx_erfc() -> None:
     from tf2onnx.handler import tf_op
 
     @tf_op("Erfc")
-    class Erfc:  # noqa: F841 - registered by the decorator
+    class Erfc:  # registered by the decorator
         @classmethod
         def version_9(cls, ctx, node, **kwargs):
             node.type = "Erf"
