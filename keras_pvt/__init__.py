@@ -3,6 +3,7 @@
 from keras_pvt import layers
 from keras_pvt.checkpoints import CheckpointError
 from keras_pvt.convert import convert_to_preset
+from keras_pvt.export import ExportError
 from keras_pvt.hub import PresetError
 from keras_pvt.models.cvt import (
     CvTBackbone,
@@ -31,6 +32,7 @@ __all__ = [
     "CvTClassifier",
     "CvTImageClassifierPreprocessor",
     "CvTImageConverter",
+    "ExportError",
     "PVTBackbone",
     "PVTClassifier",
     "PVTImageClassifierPreprocessor",

@@ -40,12 +40,13 @@ def _classifier_class(preset: str):
 def cmd_predict(args) -> int:
     import keras
 
+    from keras_pvt.checkpoints import CheckpointError
     from keras_pvt.hub import PresetError
 
     images = args.images or [sample_image_path()]
     try:
         model = _classifier_class(args.preset).from_preset(args.preset)
-    except PresetError as error:
+    except (PresetError, CheckpointError) as error:
         print(f"keras-pvt: {error}", file=sys.stderr)
         return 2
     results = []
