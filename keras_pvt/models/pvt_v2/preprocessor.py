@@ -42,5 +42,5 @@ class PVTv2ImageClassifierPreprocessor(ImageClassifierPreprocessor):
 
     def __init__(self, image_converter=None, **kwargs):
         if image_converter is None:
-            image_converter = PVTv2ImageConverter()
+            image_converter = self.image_converter_cls()
         super().__init__(image_converter=image_converter, **kwargs)
