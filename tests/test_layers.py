@@ -38,9 +38,88 @@ def test_drop_path_is_identity_at_inference_and_drops_samples_in_training():
 
 
 def test_gelu_is_exact():
-    x = np.linspace(-4, 4, 101).astype("float32")
+    x = np.linspace(-12, 12, 2001).astype("float32")
     want = torch.nn.functional.gelu(torch.from_numpy(x)).numpy()
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(layers.gelu(x)), want, atol=1e-6)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layers.gelu(x)), want, atol=2e-6)
+    # PyTorch inference takes an erf-based in-place path (torch's gelu kernel is slow).
+    with torch.no_grad():
+        got = keras.ops.convert_to_numpy(layers.gelu(keras.ops.convert_to_tensor(x)))
+    np.testing.assert_allclose(got, want, atol=2e-6)
+
+
+def _mix_ffn_reference(layer, x):
+    """Mix-FFN in plain PyTorch with the layer's weights."""
+    (w1, b1), (dw, db), (w2, b2) = (
+        (layer.dense1.kernel, layer.dense1.bias),
+        (layer.dwconv.kernel, layer.dwconv.bias),
+        (layer.dense2.kernel, layer.dense2.bias),
+    )
+    as_torch = lambda w: torch.from_numpy(keras.ops.convert_to_numpy(w))  # noqa: E731
+    with torch.no_grad():
+        h = torch.from_numpy(x) @ as_torch(w1) + as_torch(b1)
+        if layer.linear:
+            h = torch.relu(h)
+        h = torch.nn.functional.conv2d(
+            h.permute(0, 3, 1, 2), as_torch(dw).permute(2, 3, 0, 1), as_torch(db),
+            padding=1, groups=h.shape[-1],
+        ).permute(0, 2, 3, 1)
+        return (torch.nn.functional.gelu(h) @ as_torch(w2) + as_torch(b2)).numpy()
+
+
+@pytest.mark.parametrize("batch", [5, 6])
+@pytest.mark.parametrize("linear", [False, True])
+def test_mix_ffn_in_image_chunks_matches_reference(monkeypatch, batch, linear):
+    from keras_pvt.layers import ffn
+
+    x = np.random.default_rng(4).standard_normal((batch, 7, 9, 8)).astype("float32")
+    layer = layers.MixFFN(8, 24, linear=linear)
+    layer.build(x.shape)
+    rng = np.random.default_rng(5)
+    for weight in layer.weights:
+        weight.assign(rng.standard_normal(weight.shape).astype("float32") * 0.3)
+    want = _mix_ffn_reference(layer, x)
+    # Whole batch, then pieces of 1 image (batch 5) or 2-3 images (batch 6), eagerly, in a
+    # compiled predict (PyTorch: the fused no-grad path) and, on PyTorch, with autograd.
+    for chunk_bytes in (2**40, 7 * 9 * 24 * 4, 2 * 7 * 9 * 24 * 4):
+        monkeypatch.setattr(ffn, "CHUNK_BYTES", chunk_bytes)
+        assert ffn.images_per_chunk(batch, 7 * 9 * 24 * 4, divisor=True) in (1, 2, 3, batch)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(x)), want, atol=2e-5)
+        inputs = keras.Input((7, 9, 8), batch_size=batch)
+        model = keras.Model(inputs, layer(inputs))
+        np.testing.assert_allclose(model.predict_on_batch(x), want, atol=2e-5)
+    if keras.backend.backend() == "torch":
+        tensor = torch.from_numpy(x).requires_grad_()
+        out = layer(tensor)
+        out.sum().backward()
+        np.testing.assert_allclose(out.detach().numpy(), want, atol=2e-5)
+        assert tensor.grad is not None and torch.isfinite(tensor.grad).all()
+
+
+@pytest.mark.parametrize(
+    "kernel, stride, padding, channels, size",
+    [
+        (7, 4, 3, 3, (224, 224)),  # PVT v2 stem (space-to-depth + 2x2 conv on JAX)
+        (7, 4, 3, 3, (197, 231)),
+        (7, 4, 2, 3, (101, 64)),  # CvT stem
+        (8, 8, 0, 16, (56, 56)),  # spatial reduction (space-to-depth + matmul on JAX)
+        (4, 4, 0, 16, (30, 17)),  # PVT v1 patches, sizes not multiples of the stride
+        (3, 2, 1, 16, (15, 9)),
+    ],
+)
+def test_strided_conv_matches_torch(kernel, stride, padding, channels, size):
+    x = np.random.default_rng(6).standard_normal((2, *size, channels)).astype("float32")
+    layer = layers.Conv2D(8, kernel, strides=stride, explicit_padding=padding)
+    layer.build(x.shape)
+    layer.bias.assign(np.random.default_rng(7).standard_normal(8).astype("float32"))
+    got = keras.ops.convert_to_numpy(layer(x))
+    want = torch.nn.functional.conv2d(
+        torch.from_numpy(x.transpose(0, 3, 1, 2)),
+        torch.from_numpy(keras.ops.convert_to_numpy(layer.kernel).transpose(3, 2, 0, 1)),
+        torch.from_numpy(keras.ops.convert_to_numpy(layer.bias)),
+        stride=stride, padding=padding,
+    ).numpy().transpose(0, 2, 3, 1)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, atol=2e-5)
 
 
 def test_patch_embedding_pads_like_torch():

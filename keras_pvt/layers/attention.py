@@ -6,6 +6,7 @@ from keras import ops
 from keras_pvt.layers.conv import Conv2D, Dense
 from keras_pvt.layers.ffn import gelu
 from keras_pvt.layers.pooling import AdaptiveAveragePooling2D
+from keras_pvt.layers.sublayer import call_sublayer
 
 
 def multi_head_attention(
@@ -103,9 +104,7 @@ class SpatialReductionAttention(keras.layers.Layer):
         self.pool_size = pool_size
 
         def dense(name, use_bias=True):
-            return Dense(
-                hidden_size, use_bias=use_bias, dtype=self.dtype_policy, name=name
-            )
+            return Dense(hidden_size, use_bias=use_bias, dtype=self.dtype_policy, name=name)
 
         self.query = dense("query", qkv_bias)
         self.key = dense("key", qkv_bias)
@@ -119,8 +118,12 @@ class SpatialReductionAttention(keras.layers.Layer):
             reduction_kernel = sr_ratio
         if self.reduces:
             self.spatial_reduction = Conv2D(
-                hidden_size, reduction_kernel, strides=reduction_kernel, padding="valid",
-                dtype=self.dtype_policy, name="spatial_reduction",
+                hidden_size,
+                reduction_kernel,
+                strides=reduction_kernel,
+                padding="valid",
+                dtype=self.dtype_policy,
+                name="spatial_reduction",
             )
             self.layer_norm = keras.layers.LayerNormalization(
                 epsilon=epsilon, dtype=self.dtype_policy, name="layer_norm"
@@ -147,22 +150,22 @@ class SpatialReductionAttention(keras.layers.Layer):
                     "Spatial reduction needs an NHWC feature map; received a tensor of "
                     f"shape {inputs.shape}."
                 )
-            reduced = self.pool(inputs) if self.linear else inputs
-            reduced = self.spatial_reduction(reduced)
-            reduced = self.layer_norm(_flatten_tokens(reduced))
+            reduced = call_sublayer(self.pool, inputs) if self.linear else inputs
+            reduced = call_sublayer(self.spatial_reduction, reduced)
+            reduced = call_sublayer(self.layer_norm, _flatten_tokens(reduced))
             if self.linear:
                 reduced = gelu(reduced)
         else:
             reduced = tokens
         x = multi_head_attention(
-            self.query(tokens),
-            self.key(reduced),
-            self.value(reduced),
+            call_sublayer(self.query, tokens),
+            call_sublayer(self.key, reduced),
+            call_sublayer(self.value, reduced),
             self.num_heads,
             dropout=self.attention_dropout_layer,
             training=training,
         )
-        x = self.proj_dropout_layer(self.proj(x), training=training)
+        x = call_sublayer(self.proj_dropout_layer, call_sublayer(self.proj, x), training=training)
         return ops.reshape(x, ops.shape(inputs))
 
     def compute_output_shape(self, input_shape):

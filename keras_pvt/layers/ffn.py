@@ -3,12 +3,58 @@
 import keras
 from keras import ops
 
-from keras_pvt.layers.conv import Dense, DepthwiseConv2D
+from keras_pvt.layers.conv import Dense, DepthwiseConv2D, plain
+from keras_pvt.layers.sublayer import call_sublayer
+
+# Largest expanded hidden activation (bytes) that Mix-FFN materialises at once.
+CHUNK_BYTES = 8 * 2**20
 
 
 def gelu(x):
     """Exact (erf) GELU, as in the PyTorch references; keras defaults to the tanh form."""
+    if keras.backend.backend() == "torch":
+        import torch
+
+        if not torch.is_grad_enabled():
+            return torch_twice_gelu_(ops.convert_to_tensor(x).clone()).mul_(0.5)
     return ops.gelu(x, approximate=False)
+
+
+def torch_twice_gelu_(x, scratch=None):
+    """In place, `2 * gelu(x) = x + x * erf(x / sqrt(2))` (exact GELU, without the 1/2).
+
+    torch's `gelu` kernel (and oneDNN's fused GELU) is about 3x slower on a 2-core AVX-512
+    CPU than torch's vectorised `erf`; these three passes agree with `2 * F.gelu` to
+    2.4e-6 (absolute) on [-12, 12]. Callers fold the 1/2 into the next matmul's weights
+    when they can (exact: a power of two). In place, so inference only (autograd needs
+    the inputs); `scratch`, a dead tensor with `x`'s shape and memory layout, saves
+    allocating the temporary.
+    """
+    import torch
+
+    if scratch is None:
+        scaled = x.mul(0.7071067811865476)
+    else:
+        scaled = torch.mul(x, 0.7071067811865476, out=scratch)
+    return x.addcmul_(x, scaled.erf_())
+
+
+def images_per_chunk(batch: int, bytes_per_image: int, divisor: bool = False) -> int:
+    """How many images to process at once so that one piece's activation is <= ~8 MiB.
+
+    A whole batch's expanded FFN activation is tens of MB: it streams through memory
+    between every step (dense, depthwise conv, GELU, dense) and, on PyTorch, glibc serves
+    each such block with fresh `mmap`s whose page faults cost more than the arithmetic on a
+    small CPU. Pieces of a few MB stay in cache from one step to the next. Measured on a
+    2-core CPU, PVT v2 b0's stage-1 Mix-FFN at batch 16 on PyTorch: 68 ms whole, 19 ms in
+    pieces of 2 images; the whole b0 forward pass: +16% on JAX, +10% on TensorFlow. Exact:
+    each image is computed independently. `divisor` makes the piece size divide `batch`
+    (for equal pieces on JAX and TensorFlow).
+    """
+    per_chunk = max(1, min(batch, CHUNK_BYTES // max(1, bytes_per_image)))
+    while divisor and batch % per_chunk:
+        per_chunk -= 1
+    return per_chunk
 
 
 @keras.saving.register_keras_serializable(package="keras_pvt")
@@ -40,9 +86,7 @@ class MixFFN(keras.layers.Layer):
         self.dropout = dropout
         self.dense1 = Dense(intermediate_size, dtype=self.dtype_policy, name="dense1")
         # Stride 1 with an odd kernel: keras' 'same' padding is symmetric here, like torch's.
-        self.dwconv = DepthwiseConv2D(
-            3, padding="same", dtype=self.dtype_policy, name="dwconv"
-        )
+        self.dwconv = DepthwiseConv2D(3, padding="same", dtype=self.dtype_policy, name="dwconv")
         self.dense2 = Dense(hidden_size, dtype=self.dtype_policy, name="dense2")
         self.dropout_layer = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
 
@@ -54,13 +98,82 @@ class MixFFN(keras.layers.Layer):
         self.built = True
 
     def call(self, inputs, training=None):
-        x = self.dense1(inputs)
+        if self._torch_fast_path(inputs, training):
+            return self._torch_call(inputs)
+        batch = inputs.shape[0]
+        dropout_active = self.dropout > 0.0 and training
+        if isinstance(batch, int) and len(inputs.shape) == 4 and not dropout_active:
+            per_image = inputs.shape[1] * inputs.shape[2] * self.intermediate_size * 4
+            per_chunk = images_per_chunk(batch, per_image, divisor=True)
+            if per_chunk < batch:
+                return self._chunked_call(inputs, per_chunk)
+        return self._mix(inputs, training)
+
+    def _chunked_call(self, inputs, per_chunk: int):
+        """`_mix` over pieces of `per_chunk` images (see `images_per_chunk`)."""
+        batch = inputs.shape[0]
+        if keras.backend.backend() == "jax":
+            import jax
+
+            # A loop (not unrolled) lets XLA reuse one piece-sized buffer.
+            pieces = ops.reshape(inputs, (batch // per_chunk, per_chunk, *inputs.shape[1:]))
+            outputs = jax.lax.map(lambda piece: self._mix(piece, False), pieces)
+            return ops.reshape(outputs, (batch, *inputs.shape[1:-1], self.hidden_size))
+        # TensorFlow: independent pieces, which its inter-op threads run side by side.
+        pieces = ops.split(inputs, batch // per_chunk, axis=0)
+        return ops.concatenate([self._mix(piece, False) for piece in pieces], axis=0)
+
+    def _mix(self, inputs, training):
+        x = call_sublayer(self.dense1, inputs)
         if self.linear:
             x = ops.relu(x)
-        x = gelu(self.dwconv(x))
-        x = self.dropout_layer(x, training=training)
-        x = self.dense2(x)
-        return self.dropout_layer(x, training=training)
+        x = gelu(call_sublayer(self.dwconv, x))
+        x = call_sublayer(self.dropout_layer, x, training=training)
+        x = call_sublayer(self.dense2, x)
+        return call_sublayer(self.dropout_layer, x, training=training)
+
+    def _torch_fast_path(self, inputs, training) -> bool:
+        return (
+            keras.backend.backend() == "torch"
+            and len(inputs.shape) == 4
+            and (self.dropout == 0.0 or not training)
+            and all(plain(layer) for layer in (self.dense1, self.dwconv, self.dense2))
+            and self.dwconv._fast_path()
+        )
+
+    def _torch_call(self, inputs):
+        """The same computation in image chunks, with the biases fused into the kernels."""
+        import torch
+        import torch.nn.functional as F
+
+        dtype = inputs.dtype
+        w1, b1 = ops.cast(self.dense1.kernel, dtype).T, ops.cast(self.dense1.bias, dtype)
+        w2, b2 = ops.cast(self.dense2.kernel, dtype).T, ops.cast(self.dense2.bias, dtype)
+        depthwise = ops.cast(self.dwconv.kernel, dtype).permute(2, 3, 0, 1)  # -> (C, 1, kh, kw)
+        depthwise_bias = ops.cast(self.dwconv.bias, dtype)
+        kh, kw = self.dwconv.kernel_size
+        per_image = inputs.shape[1] * inputs.shape[2] * self.intermediate_size * inputs.itemsize
+        outputs = []
+        inference = not torch.is_grad_enabled()
+        half_w2 = w2 * 0.5
+        for chunk in inputs.split(images_per_chunk(inputs.shape[0], per_image)):
+            hidden = F.linear(chunk, w1, b1)
+            if self.linear:
+                hidden = F.relu_(hidden) if inference else F.relu(hidden)
+            # An NHWC tensor viewed as NCHW is channels-last: no layout copies.
+            x = F.conv2d(
+                hidden.permute(0, 3, 1, 2),
+                depthwise,
+                depthwise_bias,
+                padding=(kh // 2, kw // 2),
+                groups=self.intermediate_size,
+            ).permute(0, 2, 3, 1)
+            if inference:
+                # The dead `hidden` is the GELU's scratch; its 1/2 goes into `w2`.
+                outputs.append(F.linear(torch_twice_gelu_(x, scratch=hidden), half_w2, b2))
+            else:
+                outputs.append(F.linear(F.gelu(x), w2, b2))
+        return outputs[0] if len(outputs) == 1 else ops.concatenate(outputs, axis=0)
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], self.hidden_size)
@@ -103,10 +216,10 @@ class MLP(keras.layers.Layer):
         self.built = True
 
     def call(self, inputs, training=None):
-        x = gelu(self.dense1(inputs))
-        x = self.dropout_layer(x, training=training)
-        x = self.dense2(x)
-        return self.dropout_layer(x, training=training)
+        x = gelu(call_sublayer(self.dense1, inputs))
+        x = call_sublayer(self.dropout_layer, x, training=training)
+        x = call_sublayer(self.dense2, x)
+        return call_sublayer(self.dropout_layer, x, training=training)
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], self.hidden_size)

@@ -3,6 +3,7 @@
 import keras
 
 from keras_pvt.layers.conv import Conv2D
+from keras_pvt.layers.sublayer import call_sublayer
 
 
 @keras.saving.register_keras_serializable(package="keras_pvt")
@@ -39,8 +40,13 @@ class OverlapPatchEmbedding(keras.layers.Layer):
         self.padding = patch_size // 2 if padding is None else padding
         self.epsilon = epsilon
         self.proj = Conv2D(
-            hidden_size, patch_size, strides=stride, padding="valid",
-            explicit_padding=self.padding, dtype=self.dtype_policy, name="proj",
+            hidden_size,
+            patch_size,
+            strides=stride,
+            padding="valid",
+            explicit_padding=self.padding,
+            dtype=self.dtype_policy,
+            name="proj",
         )
         self.layer_norm = keras.layers.LayerNormalization(
             epsilon=epsilon, dtype=self.dtype_policy, name="layer_norm"
@@ -52,7 +58,7 @@ class OverlapPatchEmbedding(keras.layers.Layer):
         self.built = True
 
     def call(self, inputs):
-        return self.layer_norm(self.proj(inputs))
+        return call_sublayer(self.layer_norm, call_sublayer(self.proj, inputs))
 
     def compute_output_shape(self, input_shape):
         def out(size):

@@ -5,7 +5,13 @@ from collections.abc import Sequence
 import keras
 from keras_hub.models import FeaturePyramidBackbone
 
-from keras_pvt.layers import DropPath, MixFFN, OverlapPatchEmbedding, SpatialReductionAttention
+from keras_pvt.layers import (
+    DropPath,
+    MixFFN,
+    OverlapPatchEmbedding,
+    SpatialReductionAttention,
+    call_sublayer,
+)
 from keras_pvt.models.base import Downsampling, PresetMixin
 
 
@@ -48,17 +54,28 @@ class PVTv2Block(keras.layers.Layer):
             epsilon=epsilon, dtype=dtype, name="layer_norm_1"
         )
         self.attention = SpatialReductionAttention(
-            hidden_size, num_heads, sr_ratio=sr_ratio, linear=linear_attention,
-            qkv_bias=qkv_bias, epsilon=reduction_epsilon, attention_dropout=attention_dropout,
-            proj_dropout=hidden_dropout, dtype=dtype, name="attention",
+            hidden_size,
+            num_heads,
+            sr_ratio=sr_ratio,
+            linear=linear_attention,
+            qkv_bias=qkv_bias,
+            epsilon=reduction_epsilon,
+            attention_dropout=attention_dropout,
+            proj_dropout=hidden_dropout,
+            dtype=dtype,
+            name="attention",
         )
         self.drop_path_layer = DropPath(drop_path, dtype=dtype)
         self.layer_norm_2 = keras.layers.LayerNormalization(
             epsilon=epsilon, dtype=dtype, name="layer_norm_2"
         )
         self.mlp = MixFFN(
-            hidden_size, int(hidden_size * mlp_ratio), linear=linear_attention,
-            dropout=hidden_dropout, dtype=dtype, name="mlp",
+            hidden_size,
+            int(hidden_size * mlp_ratio),
+            linear=linear_attention,
+            dropout=hidden_dropout,
+            dtype=dtype,
+            name="mlp",
         )
 
     def build(self, input_shape):
@@ -67,10 +84,12 @@ class PVTv2Block(keras.layers.Layer):
         self.built = True
 
     def call(self, inputs, training=None):
-        x = self.attention(self.layer_norm_1(inputs), training=training)
-        x = inputs + self.drop_path_layer(x, training=training)
-        y = self.mlp(self.layer_norm_2(x), training=training)
-        return x + self.drop_path_layer(y, training=training)
+        normed = call_sublayer(self.layer_norm_1, inputs)
+        x = call_sublayer(self.attention, normed, training=training)
+        x = inputs + call_sublayer(self.drop_path_layer, x, training=training)
+        normed = call_sublayer(self.layer_norm_2, x)
+        y = call_sublayer(self.mlp, normed, training=training)
+        return x + call_sublayer(self.drop_path_layer, y, training=training)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -173,9 +192,7 @@ class PVTv2Backbone(PresetMixin, FeaturePyramidBackbone):
         patch_sizes = _per_stage("patch_sizes", patch_sizes, num_stages)
         strides = _per_stage("strides", strides, num_stages)
         total_blocks = sum(depths)
-        drop_rates = [
-            drop_path_rate * i / max(total_blocks - 1, 1) for i in range(total_blocks)
-        ]
+        drop_rates = [drop_path_rate * i / max(total_blocks - 1, 1) for i in range(total_blocks)]
 
         # === Functional Model ===
         image_input = keras.layers.Input(shape=image_shape, name="images")
@@ -184,17 +201,28 @@ class PVTv2Backbone(PresetMixin, FeaturePyramidBackbone):
         block_index = 0
         for stage in range(num_stages):
             x = OverlapPatchEmbedding(
-                hidden_sizes[stage], patch_sizes[stage], strides[stage],
-                epsilon=patch_norm_epsilon, dtype=dtype, name=f"stage{stage}_patch_embedding",
+                hidden_sizes[stage],
+                patch_sizes[stage],
+                strides[stage],
+                epsilon=patch_norm_epsilon,
+                dtype=dtype,
+                name=f"stage{stage}_patch_embedding",
             )(x)
             for block in range(depths[stage]):
                 x = PVTv2Block(
-                    hidden_sizes[stage], num_heads[stage], mlp_ratios[stage], sr_ratios[stage],
-                    linear_attention=linear_attention, qkv_bias=qkv_bias,
-                    drop_path=drop_rates[block_index], epsilon=layer_norm_epsilon,
+                    hidden_sizes[stage],
+                    num_heads[stage],
+                    mlp_ratios[stage],
+                    sr_ratios[stage],
+                    linear_attention=linear_attention,
+                    qkv_bias=qkv_bias,
+                    drop_path=drop_rates[block_index],
+                    epsilon=layer_norm_epsilon,
                     reduction_epsilon=reduction_norm_epsilon,
-                    attention_dropout=attention_dropout, hidden_dropout=hidden_dropout,
-                    dtype=dtype, name=f"stage{stage}_block{block}",
+                    attention_dropout=attention_dropout,
+                    hidden_dropout=hidden_dropout,
+                    dtype=dtype,
+                    name=f"stage{stage}_block{block}",
                 )(x)
                 block_index += 1
             x = keras.layers.LayerNormalization(
