@@ -8,7 +8,7 @@ from keras_pvt.layers.ffn import MLP, MixFFN, gelu
 from keras_pvt.layers.patch_embedding import OverlapPatchEmbedding
 from keras_pvt.layers.pooling import AdaptiveAveragePooling2D, adaptive_pool_matrix
 from keras_pvt.layers.position_embedding import PositionEmbedding, bilinear_resize
-from keras_pvt.layers.sublayer import call_sublayer
+from keras_pvt.layers.sublayer import add_residual, call_sublayer
 
 __all__ = [
     "AdaptiveAveragePooling2D",
@@ -24,6 +24,7 @@ __all__ = [
     "PositionEmbedding",
     "SpatialReductionAttention",
     "adaptive_pool_matrix",
+    "add_residual",
     "bilinear_resize",
     "call_sublayer",
     "gelu",

@@ -19,3 +19,18 @@ def call_sublayer(layer: keras.layers.Layer, inputs, **kwargs):
     if _TORCH and layer.built and not keras.backend.is_keras_tensor(inputs):
         return layer.call(inputs, **kwargs)
     return layer(inputs, **kwargs)
+
+
+def add_residual(shortcut, branch):
+    """`shortcut + branch`, where `branch` is a fresh tensor that nothing else holds.
+
+    In PyTorch inference the sum is written into `branch`'s buffer: allocating a new
+    activation per residual (12.8 MB per block in PVT v2 b2's first stage at batch 16) costs
+    page faults on a small CPU. Elsewhere (autograd, TensorFlow, JAX) it is a plain sum.
+    """
+    if _TORCH and not keras.backend.is_keras_tensor(branch):
+        import torch
+
+        if not torch.is_grad_enabled() and branch.shape == shortcut.shape:
+            return branch.add_(shortcut)
+    return shortcut + branch

@@ -10,6 +10,7 @@ from keras_pvt.layers import (
     MixFFN,
     OverlapPatchEmbedding,
     SpatialReductionAttention,
+    add_residual,
     call_sublayer,
 )
 from keras_pvt.models.base import Downsampling, PresetMixin
@@ -86,10 +87,10 @@ class PVTv2Block(keras.layers.Layer):
     def call(self, inputs, training=None):
         normed = call_sublayer(self.layer_norm_1, inputs)
         x = call_sublayer(self.attention, normed, training=training)
-        x = inputs + call_sublayer(self.drop_path_layer, x, training=training)
+        x = add_residual(inputs, call_sublayer(self.drop_path_layer, x, training=training))
         normed = call_sublayer(self.layer_norm_2, x)
         y = call_sublayer(self.mlp, normed, training=training)
-        return x + call_sublayer(self.drop_path_layer, y, training=training)
+        return add_residual(x, call_sublayer(self.drop_path_layer, y, training=training))
 
     def compute_output_shape(self, input_shape):
         return input_shape
