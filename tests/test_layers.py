@@ -98,10 +98,10 @@ def test_mix_ffn_in_image_chunks_matches_reference(monkeypatch, batch, linear):
 @pytest.mark.parametrize(
     "kernel, stride, padding, channels, size",
     [
-        (7, 4, 3, 3, (224, 224)),  # PVT v2 stem (space-to-depth + 2x2 conv on JAX)
+        (7, 4, 3, 3, (224, 224)),  # PVT v2 stem
         (7, 4, 3, 3, (197, 231)),
         (7, 4, 2, 3, (101, 64)),  # CvT stem
-        (8, 8, 0, 16, (56, 56)),  # spatial reduction (space-to-depth + matmul on JAX)
+        (8, 8, 0, 16, (56, 56)),  # spatial reduction
         (4, 4, 0, 16, (30, 17)),  # PVT v1 patches, sizes not multiples of the stride
         (3, 2, 1, 16, (15, 9)),
     ],

@@ -141,68 +141,9 @@ class Conv2D(keras.layers.Conv2D):
                 dilation=self.dilation_rate,
             ).permute(0, 2, 3, 1)
             return self.activation(outputs) if self.activation is not None else outputs
-        if keras.backend.backend() == "jax" and self._space_to_depth_applies(inputs):
-            outputs = self._space_to_depth_call(inputs)
-            if self.use_bias:
-                outputs = outputs + ops.cast(self.bias, outputs.dtype)
-            return self.activation(outputs) if self.activation is not None else outputs
         if pad:
             inputs = ops.pad(inputs, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
         return super().call(inputs)
-
-    def _space_to_depth_applies(self, inputs) -> bool:
-        # Measured gains are for the 3-channel stem and for kernel == stride (a matmul);
-        # 3x3 stride-2 convolutions on wide maps were no faster this way.
-        stride = self.strides[0]
-        return (
-            self._fast_path()
-            and stride > 1
-            and tuple(self.strides) == (stride, stride)
-            and tuple(self.dilation_rate) == (1, 1)
-            and self.kernel_size[0] == self.kernel_size[1]
-            and all(isinstance(d, int) for d in inputs.shape[1:])
-            and (self.kernel_size[0] == stride or inputs.shape[-1] <= 4)
-        )
-
-    def _space_to_depth_call(self, inputs):
-        """A stride-`s` convolution as a space-to-depth reshape + a stride-1 convolution.
-
-        XLA on CPU runs strided convolutions with few input channels far below matmul
-        speed (PVT v2 b0's 3-channel 7x7/4 stem: 24 ms of a 200 ms batch of 16);
-        regrouping `s x s` pixel blocks into channels turns the convolution into a
-        `ceil(k / s)`-tap stride-1 one (a plain matmul when k == s) with the kernel
-        zero-extended to whole blocks. Exact. Needs static spatial sizes (traced shapes).
-        """
-        k, s, pad = self.kernel_size[0], self.strides[0], self.explicit_padding
-        _, height, width, channels = inputs.shape
-        blocks = -(-k // s)
-        out_h, out_w = (height + 2 * pad - k) // s + 1, (width + 2 * pad - k) // s + 1
-        span_h, span_w = (out_h + blocks - 1) * s, (out_w + blocks - 1) * s
-        x = ops.pad(
-            inputs,
-            [
-                [0, 0],
-                [pad, max(0, span_h - height - pad)],
-                [pad, max(0, span_w - width - pad)],
-                [0, 0],
-            ],
-        )
-        x = x[:, :span_h, :span_w, :]
-        x = ops.reshape(x, (-1, span_h // s, s, span_w // s, s, channels))
-        x = ops.reshape(
-            ops.transpose(x, (0, 1, 3, 2, 4, 5)), (-1, span_h // s, span_w // s, s * s * channels)
-        )
-        kernel = ops.cast(self.kernel, inputs.dtype)
-        extra = blocks * s - k
-        kernel = ops.pad(kernel, [[0, extra], [0, extra], [0, 0], [0, 0]])
-        kernel = ops.reshape(kernel, (blocks, s, blocks, s, channels, self.filters))
-        kernel = ops.reshape(
-            ops.transpose(kernel, (0, 2, 1, 3, 4, 5)),
-            (blocks, blocks, s * s * channels, self.filters),
-        )
-        if blocks == 1:
-            return ops.matmul(x, kernel[0, 0])
-        return ops.conv(x, kernel, strides=1, padding="valid")
 
     def compute_output_shape(self, input_shape):
         pad = 2 * self.explicit_padding
