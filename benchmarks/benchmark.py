@@ -50,6 +50,52 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def pvt_v2_macs(hidden_sizes, depths, mlp_ratios, linear_attention=False, size=224,
+                sr_ratios=(8, 4, 2, 1), patch_sizes=(7, 3, 3, 3), strides=(4, 2, 2, 2),
+                num_classes=1000) -> int:
+    """Multiply-accumulates of one image through a PVT v2 / MiT classifier (convs, matmuls,
+    attention and the depthwise conv; norms and activations not counted)."""
+    macs, side, channels_in = 0, size, 3
+    for stage, (width, depth, ratio) in enumerate(zip(hidden_sizes, depths, mlp_ratios)):
+        kernel, stride = patch_sizes[stage], strides[stage]
+        side = (side + 2 * (kernel // 2) - kernel) // stride + 1
+        tokens = side * side
+        macs += tokens * kernel * kernel * channels_in * width
+        if linear_attention:
+            keys, reduction = 49, 49 * width * width
+        elif sr_ratios[stage] > 1:
+            keys = (side // sr_ratios[stage]) ** 2
+            reduction = keys * sr_ratios[stage] ** 2 * width * width
+        else:
+            keys, reduction = tokens, 0
+        hidden = int(width * ratio)
+        per_block = (
+            2 * tokens * width * width  # query, output projection
+            + reduction + 2 * keys * width * width  # spatial reduction, key, value
+            + 2 * tokens * keys * width  # scores and weighted sum
+            + 2 * tokens * width * hidden + 9 * tokens * hidden  # Mix-FFN
+        )
+        macs += depth * per_block
+        channels_in = width
+    return macs + hidden_sizes[-1] * num_classes
+
+
+def model_macs(library: str, variant: str, size: int) -> int:
+    if library == "keras_hub MiT":  # MiT: MLP ratio 4 in every stage
+        return pvt_v2_macs(MIT[variant]["hidden_dims"], MIT[variant]["layerwise_depths"],
+                           [4, 4, 4, 4], size=size)
+    return pvt_v2_macs(size=size, **VARIANTS[variant])
+
+
+def matmul_peak_gflops() -> float:
+    """fp32 GFLOP/s of a 2048x2048 matmul (PyTorch / MKL), the arithmetic limit's yardstick."""
+    import torch
+
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    seconds = timed(lambda: a @ b, 3, 10)
+    return 2 * 2048**3 / seconds / 1e9
+
+
 # --- workers (each in its own process) -----------------------------------------------------
 
 
@@ -118,13 +164,18 @@ def worker_transformers(args) -> list[dict]:
     torch.set_grad_enabled(False)
     x = torch.randn(args.batch, 3, args.size, args.size)
     results = []
+    if args.library == "peak":
+        return [dict(library="matmul 2048^2", backend="torch", variant="-", mode="peak",
+                     gflops=matmul_peak_gflops())]
+    # "tuned malloc": the same process with glibc's mmap/trim thresholds raised (see README).
+    backend = "torch eager" + (" tuned malloc" if args.library == "tuned" else "")
     for variant in args.variants:
         model = PvtV2ForImageClassification(PvtV2Config(**VARIANTS[variant])).eval()
         seconds = timed(lambda m=model: m(x), args.warmup, args.runs)
-        results.append(dict(library="transformers", backend="torch eager", variant=variant,
+        results.append(dict(library="transformers", backend=backend, variant=variant,
                             mode="forward", images_per_s=args.batch / seconds,
                             peak_rss_mib=peak_rss_mib()))
-        if not args.quick:
+        if not args.quick and args.library != "tuned":
             try:
                 compiled = torch.compile(model)
                 seconds = timed(lambda m=compiled: m(x), 2, args.runs)
@@ -178,6 +229,8 @@ def run_worker(kind: str, args, backend: str | None = None, library: str = "") -
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     if backend:
         env["KERAS_BACKEND"] = backend
+    if library == "tuned":
+        env.update(MALLOC_MMAP_THRESHOLD_=str(2**31 - 1), MALLOC_TRIM_THRESHOLD_=str(2**31 - 1))
     command = [sys.executable, __file__, "--worker", kind, "--library", library,
                "--batch", str(args.batch), "--size", str(args.size), "--runs", str(args.runs),
                "--warmup", str(args.warmup), "--variants", *args.variants,
@@ -199,9 +252,20 @@ def best(rows, **match) -> float | None:
     return max(values) if values else None
 
 
-def summarize(rows, sweep, args) -> list[str]:
-    lines = [f"{'variant':8s} {'library':14s} {'backend':14s} {'mode':24s} {'img/s':>8s} "
-             f"{'vs HF':>6s} {'vs MiT':>7s} {'RSS MiB':>8s}"]
+def summarize(rows, sweep, args, peak_gflops: float | None) -> list[str]:
+    lines = []
+    if peak_gflops:
+        lines.append(f"fp32 2048x2048 matmul: {peak_gflops:.0f} GFLOP/s; '% limit' = achieved "
+                     "GFLOP/s (2 x analytic MACs x img/s) / that")
+        for variant in args.variants:
+            limit = peak_gflops * 1e9 / (2 * model_macs("keras_pvt", variant, args.size))
+            lines.append(f"  {variant}: {model_macs('keras_pvt', variant, args.size) / 1e9:.3f} "
+                         f"GMAC/image -> arithmetic limit {limit:.0f} img/s" + (
+                f"; MiT-{variant}: {model_macs('keras_hub MiT', variant, args.size) / 1e9:.3f} "
+                "GMAC/image" if variant in MIT else ""))
+        lines.append("")
+    lines.append(f"{'variant':8s} {'library':14s} {'backend':26s} {'mode':24s} {'img/s':>8s} "
+                 f"{'vs HF':>6s} {'vs MiT':>7s} {'% limit':>7s} {'RSS MiB':>8s}")
     checks = []
     for variant in args.variants:
         reference = best(rows, library="transformers", backend="torch eager", variant=variant)
@@ -209,10 +273,13 @@ def summarize(rows, sweep, args) -> list[str]:
             mit = best(rows, library="keras_hub MiT", backend=r["backend"], variant=variant)
             vs_hf = r["images_per_s"] / reference if reference else float("nan")
             vs_mit = r["images_per_s"] / mit if mit and r["library"] == "keras_pvt" else None
+            share = (100 * 2 * model_macs(r["library"], variant, args.size) * r["images_per_s"]
+                     / (peak_gflops * 1e9)) if peak_gflops else float("nan")
             lines.append(
-                f"{variant:8s} {r['library']:14s} {r['backend']:14s} {r['mode']:24s} "
+                f"{variant:8s} {r['library']:14s} {r['backend']:26s} {r['mode']:24s} "
                 f"{r['images_per_s']:8.1f} {vs_hf:6.2f} "
-                f"{(f'{vs_mit:7.2f}' if vs_mit else ''):>7s} {r['peak_rss_mib']:8.0f}")
+                f"{(f'{vs_mit:7.2f}' if vs_mit else ''):>7s} {share:6.1f}% "
+                f"{r['peak_rss_mib']:8.0f}")
         if not reference:
             continue
         per_backend = {b: best(rows, library="keras_pvt", backend=b, variant=variant)
@@ -253,6 +320,16 @@ def summarize(rows, sweep, args) -> list[str]:
             lines.append(f"  {r['library']:12s} {r['backend']:12s} {r['variant']:10s} "
                          f"{r['size']:4d}  {r['seconds_per_image']:.3f}")
     return lines
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def chart(rows, path: Path, args):
@@ -301,21 +378,24 @@ def main(argv=None):
         return 0
 
     started = time.perf_counter()
+    peak = run_worker("transformers", args, library="peak")
     rows = run_worker("transformers", args)
+    rows += run_worker("transformers", args, library="tuned")
     for backend in args.backends:
         rows += run_worker("keras", args, backend=backend)
     sweep = []
     if not args.no_sweep:
         sweep = run_worker("sweep", args, library="transformers")
         sweep += run_worker("sweep", args, backend=args.sweep_backend, library="keras_pvt")
-    lines = summarize(rows, sweep, args)
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    peak_gflops = peak[0]["gflops"] if peak else None
+    lines = summarize(rows, sweep, args, peak_gflops)
+    machine = f"{cpu_name()}, {os.cpu_count()} cores"
     print(f"\nmachine: {machine}; batch {args.batch}, {args.size}x{args.size}, fp32\n")
     print("\n".join(lines))
     args.output_dir.mkdir(parents=True, exist_ok=True)
     (args.output_dir / "benchmark.json").write_text(json.dumps(
-        {"machine": machine, "args": {k: v for k, v in vars(args).items()
-                                      if k not in ("output_dir",)},
+        {"machine": machine, "matmul_peak_gflops": peak_gflops,
+         "args": {k: v for k, v in vars(args).items() if k not in ("output_dir",)},
          "results": rows, "sweep": sweep}, indent=2, default=str))
     chart(rows, args.output_dir / "benchmark.png", args)
     print(f"\nwrote {args.output_dir}/benchmark.json and benchmark.png "
