@@ -41,10 +41,6 @@ def test_gelu_is_exact():
     x = np.linspace(-12, 12, 2001).astype("float32")
     want = torch.nn.functional.gelu(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(keras.ops.convert_to_numpy(layers.gelu(x)), want, atol=2e-6)
-    # PyTorch inference takes an erf-based in-place path (torch's gelu kernel is slow).
-    with torch.no_grad():
-        got = keras.ops.convert_to_numpy(layers.gelu(keras.ops.convert_to_tensor(x)))
-    np.testing.assert_allclose(got, want, atol=2e-6)
 
 
 def _mix_ffn_reference(layer, x):

@@ -12,31 +12,7 @@ CHUNK_BYTES = 8 * 2**20
 
 def gelu(x):
     """Exact (erf) GELU, as in the PyTorch references; keras defaults to the tanh form."""
-    if keras.backend.backend() == "torch":
-        import torch
-
-        if not torch.is_grad_enabled():
-            return torch_twice_gelu_(ops.convert_to_tensor(x).clone()).mul_(0.5)
     return ops.gelu(x, approximate=False)
-
-
-def torch_twice_gelu_(x, scratch=None):
-    """In place, `2 * gelu(x) = x + x * erf(x / sqrt(2))` (exact GELU, without the 1/2).
-
-    torch's `gelu` kernel (and oneDNN's fused GELU) is about 3x slower on a 2-core AVX-512
-    CPU than torch's vectorised `erf`; these three passes agree with `2 * F.gelu` to
-    2.4e-6 (absolute) on [-12, 12]. Callers fold the 1/2 into the next matmul's weights
-    when they can (exact: a power of two). In place, so inference only (autograd needs
-    the inputs); `scratch`, a dead tensor with `x`'s shape and memory layout, saves
-    allocating the temporary.
-    """
-    import torch
-
-    if scratch is None:
-        scaled = x.mul(0.7071067811865476)
-    else:
-        scaled = torch.mul(x, 0.7071067811865476, out=scratch)
-    return x.addcmul_(x, scaled.erf_())
 
 
 def images_per_chunk(batch: int, bytes_per_image: int, divisor: bool = False) -> int:
@@ -155,7 +131,6 @@ class MixFFN(keras.layers.Layer):
         per_image = inputs.shape[1] * inputs.shape[2] * self.intermediate_size * inputs.itemsize
         outputs = []
         inference = not torch.is_grad_enabled()
-        half_w2 = w2 * 0.5
         for chunk in inputs.split(images_per_chunk(inputs.shape[0], per_image)):
             hidden = F.linear(chunk, w1, b1)
             if self.linear:
@@ -168,11 +143,7 @@ class MixFFN(keras.layers.Layer):
                 padding=(kh // 2, kw // 2),
                 groups=self.intermediate_size,
             ).permute(0, 2, 3, 1)
-            if inference:
-                # The dead `hidden` is the GELU's scratch; its 1/2 goes into `w2`.
-                outputs.append(F.linear(torch_twice_gelu_(x, scratch=hidden), half_w2, b2))
-            else:
-                outputs.append(F.linear(F.gelu(x), w2, b2))
+            outputs.append(F.linear(F.gelu(x), w2, b2))
         return outputs[0] if len(outputs) == 1 else ops.concatenate(outputs, axis=0)
 
     def compute_output_shape(self, input_shape):
