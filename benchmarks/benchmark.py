@@ -348,15 +348,24 @@ def chart(rows, path: Path, args):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(args.variants), figsize=(6 * len(args.variants), 5))
+    subsets = {v: [r for r in rows if r["variant"] == v and r["mode"] != "train_on_batch"]
+               for v in args.variants}
+    height = max(len(s) for s in subsets.values()) * 0.32 + 1.2
+    fig, axes = plt.subplots(1, len(args.variants), figsize=(7 * len(args.variants), height))
     axes = [axes] if len(args.variants) == 1 else axes
     for axis, variant in zip(axes, args.variants):
-        subset = [r for r in rows if r["variant"] == variant and r["mode"] != "train_on_batch"]
-        labels = [f"{r['library']}\n{r['backend']}\n{r['mode']}" for r in subset]
+        subset = subsets[variant][::-1]
+        labels = [f"{r['library']} | {r['backend']} | {r['mode']}" for r in subset]
         colors = ["tab:blue" if r["library"] == "keras_pvt" else "tab:gray" for r in subset]
-        axis.barh(range(len(subset)), [r["images_per_s"] for r in subset], color=colors)
+        values = [r["images_per_s"] for r in subset]
+        axis.barh(range(len(subset)), values, color=colors)
+        for i, value in enumerate(values):
+            axis.text(value, i, f" {value:.1f}", va="center", fontsize=7)
+        reference = best(rows, library="transformers", backend="torch eager", variant=variant)
+        if reference:
+            axis.axvline(reference, color="tab:red", linewidth=0.8, linestyle="--")
         axis.set_yticks(range(len(subset)), labels, fontsize=7)
-        axis.set_xlabel("images / s")
+        axis.set_xlabel("images / s (dashed: transformers eager)")
         axis.set_title(f"PVT v2 {variant}, batch {args.batch}, {args.size}x{args.size}, fp32")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -375,6 +384,8 @@ def main(argv=None):
     parser.add_argument("--no-sweep", action="store_true")
     parser.add_argument("--quick", action="store_true", help="fewer runs, no torch.compile")
     parser.add_argument("--output-dir", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--replot", action="store_true",
+                        help="redraw benchmark.png from --output-dir/benchmark.json")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--library", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -385,6 +396,13 @@ def main(argv=None):
         work = {"keras": worker_keras, "transformers": worker_transformers,
                 "sweep": worker_sweep}[args.worker]
         print(json.dumps(work(args)))
+        return 0
+
+    if args.replot:
+        saved = json.loads((args.output_dir / "benchmark.json").read_text())
+        args.variants = saved["args"]["variants"]
+        args.batch, args.size = saved["args"]["batch"], saved["args"]["size"]
+        chart(saved["results"], args.output_dir / "benchmark.png", args)
         return 0
 
     started = time.perf_counter()
