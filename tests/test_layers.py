@@ -184,3 +184,49 @@ def test_depthwise_conv_fast_path_matches_torch(kernel_size):
     inputs = keras.Input((None, None, 6))
     model = keras.Model(inputs, layer(inputs))
     np.testing.assert_allclose(model.predict(x, verbose=0), want, atol=1e-5)
+
+
+def _input_and_kernel_gradients(layer, x, upstream):
+    """d(sum(layer(x) * upstream)) / d(x, kernel) with the backend's own autodiff."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        def objective(x, kernel):
+            values = [kernel if v is layer.kernel else v.value for v in layer.trainable_variables]
+            out, _ = layer.stateless_call(values, [], x)
+            return (out * upstream).sum()
+
+        grads = jax.grad(objective, argnums=(0, 1))(x, layer.kernel.value)
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        x = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(layer(x) * upstream)
+        grads = tape.gradient(loss, [x, layer.kernel.value])
+    else:
+        x = torch.from_numpy(x).requires_grad_()
+        (layer(x) * torch.from_numpy(upstream)).sum().backward()
+        grads = x.grad, layer.kernel.value.grad
+    return [keras.ops.convert_to_numpy(g) for g in grads]
+
+
+@pytest.mark.parametrize("kernel_size", [3, 5])
+def test_depthwise_conv_gradients_match_torch(kernel_size):
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((2, 9, 12, 6)).astype("float32")
+    upstream = rng.standard_normal((2, 9, 12, 6)).astype("float32")
+    layer = layers.DepthwiseConv2D(kernel_size, padding="same")
+    layer.build(x.shape)
+    grad_x, grad_kernel = _input_and_kernel_gradients(layer, x, upstream)
+
+    tx = torch.from_numpy(x).permute(0, 3, 1, 2).requires_grad_()
+    tk = torch.from_numpy(
+        keras.ops.convert_to_numpy(layer.kernel).transpose(2, 3, 0, 1).copy()
+    ).requires_grad_()
+    out = torch.nn.functional.conv2d(tx, tk, padding=kernel_size // 2, groups=6)
+    (out.permute(0, 2, 3, 1) * torch.from_numpy(upstream)).sum().backward()
+    np.testing.assert_allclose(grad_x, tx.grad.permute(0, 2, 3, 1).numpy(), atol=1e-4)
+    np.testing.assert_allclose(grad_kernel, tk.grad.numpy().transpose(2, 3, 0, 1), atol=1e-4)
