@@ -88,8 +88,10 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
         kernel = ops.cast(self.kernel, inputs.dtype)
         if backend == "torch":
             outputs = self._torch_channels_last(inputs, kernel)
-        else:
+        elif backend == "jax":
             outputs = _jax_depthwise_same()(inputs, kernel[:, :, :, 0])
+        else:
+            outputs = _shifted_sum(inputs, kernel[:, :, :, 0])
         if self.use_bias:
             outputs = outputs + ops.cast(self.bias, outputs.dtype)
         if self.activation is not None:

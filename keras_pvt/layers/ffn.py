@@ -77,8 +77,9 @@ class MixFFN(keras.layers.Layer):
         if self._torch_fast_path(inputs, training):
             return self._torch_call(inputs)
         batch = inputs.shape[0]
-        # Inference only: in training the pieces' saved activations would be restacked
-        # for the backward pass (measured: slower on JAX).
+        # JAX and TensorFlow: inference only (and only with a static batch size); in
+        # training, XLA restacks the pieces' saved activations for the backward pass,
+        # which measured slower. Sizes are counted in float32 bytes.
         if isinstance(batch, int) and len(inputs.shape) == 4 and not training:
             per_image = inputs.shape[1] * inputs.shape[2] * self.intermediate_size * 4
             per_chunk = images_per_chunk(batch, per_image, divisor=True)
@@ -119,7 +120,11 @@ class MixFFN(keras.layers.Layer):
         )
 
     def _torch_call(self, inputs):
-        """The same computation in image chunks, with the biases fused into the kernels."""
+        """The same computation in image chunks, with the biases fused into the kernels.
+
+        Also used in training (autograd follows the pieces); eager PyTorch keeps no
+        restacked copies, and fresh whole-batch activations would cost page faults.
+        """
         import torch
         import torch.nn.functional as F
 
