@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from keras_pvt.layers.conv import Dense, DepthwiseConv2D, plain
-from keras_pvt.layers.sublayer import call_sublayer
+from keras_pvt.layers.sublayer import call_sublayer, tracing_torch
 
 # Largest expanded hidden activation (bytes) that Mix-FFN materialises at once.
 CHUNK_BYTES = 8 * 2**20
@@ -135,9 +135,14 @@ class MixFFN(keras.layers.Layer):
         depthwise_bias = ops.cast(self.dwconv.bias, dtype)
         kh, kw = self.dwconv.kernel_size
         per_image = inputs.shape[1] * inputs.shape[2] * self.intermediate_size * inputs.itemsize
+        per_chunk = inputs.shape[0]
+        # Traced for export / torch.compile: one piece (sizes may be symbolic, and data-
+        # dependent piece counts would add shape guards).
+        if not tracing_torch() and all(isinstance(d, int) for d in inputs.shape[:3]):
+            per_chunk = images_per_chunk(inputs.shape[0], per_image)
         outputs = []
         inference = not torch.is_grad_enabled()
-        for chunk in inputs.split(images_per_chunk(inputs.shape[0], per_image)):
+        for chunk in inputs.split(per_chunk) if per_chunk < inputs.shape[0] else [inputs]:
             hidden = F.linear(chunk, w1, b1)
             if self.linear:
                 hidden = F.relu_(hidden) if inference else F.relu(hidden)

@@ -28,9 +28,16 @@ def add_residual(shortcut, branch):
     activation per residual (12.8 MB per block in PVT v2 b2's first stage at batch 16) costs
     page faults on a small CPU. Elsewhere (autograd, TensorFlow, JAX) it is a plain sum.
     """
-    if _TORCH and not keras.backend.is_keras_tensor(branch):
+    if _TORCH and not keras.backend.is_keras_tensor(branch) and not tracing_torch():
         import torch
 
         if not torch.is_grad_enabled() and branch.shape == shortcut.shape:
             return branch.add_(shortcut)
     return shortcut + branch
+
+
+def tracing_torch() -> bool:
+    """Whether PyTorch is tracing (torch.export, torch.compile) rather than running eagerly."""
+    import torch
+
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
