@@ -23,6 +23,7 @@ from keras_pvt.models.pvt_v2 import (
     PVTv2ImageClassifierPreprocessor,
     PVTv2ImageConverter,
 )
+from keras_pvt.tasks import PyramidImageClassifier
 
 __version__ = "0.1.0"
 
@@ -42,6 +43,7 @@ __all__ = [
     "PVTv2ImageClassifierPreprocessor",
     "PVTv2ImageConverter",
     "PresetError",
+    "PyramidImageClassifier",
     "convert_to_preset",
     "layers",
 ]

@@ -27,25 +27,17 @@ def _load_image(path: Path):
         raise SystemExit(f"keras-pvt: cannot read image {path}: {error}") from error
 
 
-def _classifier_class(preset: str):
-    import keras_pvt
-    from keras_pvt import hub
-
-    presets = hub.all_presets()
-    if preset in presets:
-        return presets[preset][0].classifier_cls
-    return keras_pvt.PVTv2Classifier
-
-
 def cmd_predict(args) -> int:
     import keras
 
+    from keras_pvt import hub
     from keras_pvt.checkpoints import CheckpointError
     from keras_pvt.hub import PresetError
 
     images = args.images or [sample_image_path()]
     try:
-        model = _classifier_class(args.preset).from_preset(args.preset)
+        # The family and task come from the preset name or the checkpoint itself.
+        model = hub.task_class(args.preset, "classifier").from_preset(args.preset)
     except (PresetError, CheckpointError) as error:
         print(f"keras-pvt: {error}", file=sys.stderr)
         return 2

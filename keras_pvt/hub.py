@@ -19,16 +19,26 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 import uuid
 import warnings
 from pathlib import Path
 
+import keras
 from filelock import FileLock, Timeout
 
 from keras_pvt.checkpoints.io import CheckpointError
-from keras_pvt.models import FAMILIES
-from keras_pvt.models.family import Family, Preset
+from keras_pvt.convert import (
+    FAMILIES,
+    all_presets,
+    check_family,
+    convert_to_preset,
+    detect_task,
+    identify,
+    read_checkpoint,
+)
+from keras_pvt.models import base
 
 MANIFEST = "keras_pvt_manifest.json"
 # Hub naming rules (ASCII letters, digits, `_.-`, no `--` or `..`, at most 96 characters),
@@ -55,10 +65,6 @@ def keras_home() -> Path:
 def cache_root() -> Path:
     """Where converted presets live: `$KERAS_HOME/keras_pvt`."""
     return keras_home() / "keras_pvt"
-
-
-def all_presets() -> dict[str, tuple[Family, Preset]]:
-    return {name: (family, p) for family in FAMILIES for name, p in family.presets.items()}
 
 
 def presets_for(cls) -> dict[str, dict]:
@@ -130,8 +136,6 @@ def cached_conversion(entry: Path, fetch, description: str) -> Path:
     `fetch` returns the local checkpoint path (it may download). The conversion is written to
     a temporary sibling directory and renamed into place under a file lock.
     """
-    from keras_pvt.convert import convert_to_preset
-
     entry.parent.mkdir(parents=True, exist_ok=True)
     if entry.is_dir() and verify_entry(entry) is None:
         return entry
@@ -260,8 +264,6 @@ def resolve(handle: str, cls=None):
     presets = all_presets()
     if handle in presets:
         family, preset = presets[handle]
-        from keras_pvt.convert import check_family
-
         check_family(family, cls, f"Preset {handle!r}")
         entry = cache_root() / handle
         yield str(cached_conversion(
@@ -294,19 +296,63 @@ def resolve(handle: str, cls=None):
         return
     if path.exists():
         with tempfile.TemporaryDirectory(prefix="keras_pvt_") as tmp:
-            from keras_pvt.convert import convert_to_preset
-
             yield str(convert_to_preset(path, Path(tmp) / "preset", cls))
         return
     if "://" in handle:
         yield handle  # kaggle://, modelscope://: keras-hub's own handles
         return
-    names = sorted(presets_for(cls) if cls is not None else presets)
-    raise PresetError(
+    raise _unknown_preset(handle, cls)
+
+
+def _unknown_preset(handle: str, cls=None) -> PresetError:
+    names = sorted(presets_for(cls) if cls is not None else all_presets())
+    return PresetError(
         f"Unknown preset {handle!r}: not a keras_pvt preset name, an hf:// handle or an "
         f"existing path. Available presets: {', '.join(names)}."
     )
 
+
+def task_class(handle: str, task: str = "classifier") -> type:
+    """The keras_pvt class that loads `handle` as `task` (e.g. the family's classifier).
+
+    The family and task come from the preset name, from the class a keras-hub preset was
+    saved with, or from a checkpoint's own keys (directory, file or `hf://` repository).
+    Raises `PresetError` if the handle holds no such head (e.g. a bare backbone).
+    """
+    handle = os.fspath(handle)
+    presets = all_presets()
+    if handle in presets:
+        return presets[handle][0].task(task).model_cls
+    if handle.startswith("hf://"):
+        repo_id, revision = parse_hf_handle(handle)
+        path = download_checkpoint(repo_id, handle, revision)
+    else:
+        path = Path(handle).expanduser()
+        if not path.exists():
+            raise _unknown_preset(handle)
+    if path.is_dir() and _is_keras_preset(path):
+        saved = path / "task.json"
+        found = None
+        if saved.is_file():
+            name = json.loads(saved.read_text()).get("registered_name", "")
+            found = keras.saving.get_registered_object(name)
+        task_classes = tuple(t.model_cls for f in FAMILIES for t in f.tasks if t.name == task)
+        if found is not None and issubclass(found, task_classes):
+            return found
+        what = found.__name__ if found is not None else "a backbone"
+        raise PresetError(f"{handle}: holds {what}, not a {task} with its head.")
+    family, layout, state_dict = identify(read_checkpoint(path))
+    detected = detect_task(family, layout, state_dict)
+    if detected is None or detected.name != task:
+        what = f"a {detected.name}" if detected is not None else "a bare backbone"
+        raise PresetError(
+            f"{handle}: is {what} checkpoint of the {family.name} family, not a {task} "
+            "with its head."
+        )
+    return detected.model_cls
+
+
+base.set_preset_resolver(sys.modules[__name__])
 
 __all__ = [
     "CheckpointError",

@@ -12,7 +12,7 @@ import torch
 
 import keras_pvt
 from keras_pvt import hub
-from keras_pvt.models.cvt.presets import CVT_PRESETS
+from keras_pvt.convert.cvt import PRESETS as CVT_PRESETS
 from tests.helpers.hub_cache import REPO_ROOT, offline_env, place_in_hf_cache, run
 from tests.helpers.reference import images, to_torch
 from tests.helpers.reference_cvt import hf_cvt
@@ -80,10 +80,10 @@ def test_pooling_follows_the_cls_token():
     no_cls = small_backbone(cls_token=False)
     assert no_cls.cls_token_output is None
     assert keras_pvt.CvTClassifier(no_cls, num_classes=2).pooling == "avg"
-    with pytest.raises(ValueError, match="needs a backbone whose last stage has a cls token"):
+    with pytest.raises(ValueError, match="needs a backbone with a class token"):
         keras_pvt.CvTClassifier(no_cls, num_classes=2, pooling="token")
-    with pytest.raises(ValueError, match="pooling must be one of"):
-        keras_pvt.CvTClassifier(small_backbone(), num_classes=2, pooling="max")
+    with pytest.raises(ValueError, match="Unknown `pooling` 'median'"):
+        keras_pvt.CvTClassifier(small_backbone(), num_classes=2, pooling="median")
     with pytest.raises(ValueError, match="class_names has 1 entries"):
         keras_pvt.CvTClassifier(small_backbone(), num_classes=2, class_names=["a"])
 
@@ -357,8 +357,8 @@ def test_named_preset_offline(tmp_path, record_delta):
 def test_image_converter_from_hub_preprocessor_configs(tmp_path):
     """The converter arguments read from microsoft/cvt-* preprocessor configs (legacy and
     current layouts): 224 crops (crop_pct), 384 resizes directly."""
-    from keras_pvt.convert import Checkpoint, _image_converter
-    from keras_pvt.models.cvt.checkpoint import FAMILY
+    from keras_pvt.convert.conversion import Checkpoint, _image_converter
+    from keras_pvt.convert.cvt import FAMILY
 
     legacy = {"crop_pct": 0.875, "do_normalize": True, "do_resize": True, "resample": 3,
               "size": 384, **IMAGENET}

@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import save_file
 
 import keras_pvt
+from keras_pvt.convert.cvt import backbone_kwargs_from_transformers
 from keras_pvt.layers.conv_attention import average_pool_ceil
-from keras_pvt.models.cvt.checkpoint import backbone_kwargs_from_transformers
 from tests.helpers.reference import images, nchw_to_nhwc, to_torch
 from tests.helpers.reference_cvt import CVT_CONFIGS, hf_cvt
 

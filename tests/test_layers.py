@@ -65,7 +65,7 @@ def _mix_ffn_reference(layer, x):
 @pytest.mark.parametrize("batch", [5, 6])
 @pytest.mark.parametrize("linear", [False, True])
 def test_mix_ffn_in_image_chunks_matches_reference(monkeypatch, batch, linear):
-    from keras_pvt.layers import ffn
+    from keras_pvt.kernels import generic as ffn
 
     x = np.random.default_rng(4).standard_normal((batch, 7, 9, 8)).astype("float32")
     layer = layers.MixFFN(8, 24, linear=linear)

@@ -108,22 +108,20 @@ def test_interrupted_conversion_leaves_no_trusted_entry(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     monkeypatch.setattr(hub, "download_checkpoint", lambda repo, handle=None: checkpoint)
 
-    import keras_pvt.convert
-
-    real_convert = keras_pvt.convert.convert_to_preset
+    real_convert = hub.convert_to_preset
 
     def fail_midway(source, output_dir):
         real_convert(source, output_dir)  # files written...
         raise KeyboardInterrupt  # ...then the process is interrupted before completion
 
-    monkeypatch.setattr(keras_pvt.convert, "convert_to_preset", fail_midway)
+    monkeypatch.setattr(hub, "convert_to_preset", fail_midway)
     with pytest.raises(KeyboardInterrupt):
         keras_pvt.PVTv2Classifier.from_preset("pvt_v2_b0")
     root = tmp_path / "keras" / "keras_pvt"
     assert not (root / "pvt_v2_b0").exists()
     assert not [p for p in root.iterdir() if ".tmp-" in p.name]
 
-    monkeypatch.setattr(keras_pvt.convert, "convert_to_preset", real_convert)
+    monkeypatch.setattr(hub, "convert_to_preset", real_convert)
     model = keras_pvt.PVTv2Classifier.from_preset("pvt_v2_b0")
     assert model.output_shape == (None, 4)
     assert hub.verify_entry(root / "pvt_v2_b0") is None

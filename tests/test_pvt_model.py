@@ -80,7 +80,7 @@ def test_invalid_configurations_are_explained():
         small_backbone(position_embedding_shape=(16, 16))
     backbone = small_backbone()
     with pytest.raises(ValueError, match="pooling"):
-        keras_pvt.PVTClassifier(backbone=backbone, num_classes=2, pooling="max")
+        keras_pvt.PVTClassifier(backbone=backbone, num_classes=2, pooling="median")
     with pytest.raises(ValueError, match="class_names"):
         keras_pvt.PVTClassifier(backbone=backbone, num_classes=2, class_names=["a"])
 

@@ -222,8 +222,8 @@ def test_original_repository_layout(converted, tmp_path, record_delta):
 
 def test_layouts_are_not_confused_with_pvt_v2(converted):
     from keras_pvt.convert import Checkpoint, identify
-    from keras_pvt.models.pvt.checkpoint import detect_layout as detect_v1
-    from keras_pvt.models.pvt_v2.checkpoint import detect_layout as detect_v2
+    from keras_pvt.convert.pvt import detect_layout as detect_v1
+    from keras_pvt.convert.pvt_v2 import detect_layout as detect_v2
     from tests.helpers.reference import hf_pvt_v2
 
     reference, _, _ = converted("small")

@@ -113,7 +113,7 @@ def test_parameter_count_equals_reference(config):
     with torch.device("meta"):
         reference = PvtV2ForImageClassification(PvtV2Config(num_labels=1000, **kwargs))
     expected = sum(p.numel() for p in reference.parameters())
-    from keras_pvt.models.pvt_v2.checkpoint import backbone_kwargs_from_transformers
+    from keras_pvt.convert.pvt_v2 import backbone_kwargs_from_transformers
 
     backbone = keras_pvt.PVTv2Backbone(**backbone_kwargs_from_transformers(kwargs))
     model = keras_pvt.PVTv2Classifier(backbone=backbone, num_classes=1000)

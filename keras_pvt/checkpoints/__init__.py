@@ -6,7 +6,7 @@ from keras_pvt.checkpoints.io import (
     find_weights_file,
     read_state_dict,
 )
-from keras_pvt.checkpoints.keymap import KeyTable, fused, load_state_dict_into
+from keras_pvt.checkpoints.keymap import KeyTable, fused, load_state_dict_into, prefixed
 
 __all__ = [
     "CheckpointError",
@@ -14,6 +14,7 @@ __all__ = [
     "check_keras_weights",
     "find_weights_file",
     "fused",
+    "prefixed",
     "load_state_dict_into",
     "read_state_dict",
 ]

@@ -325,12 +325,12 @@ def check_keras_weights(path: str | os.PathLike, variables, what: str) -> None:
         # The surplus is likely the last tensors of each shape (e.g. extra blocks).
         names = _last_of_each_shape(list(shapes.items()), extra)
         sections.append(f"tensors in the file beyond the model's ({sum(extra.values())}), by "
-                        f"shape: {_shape_counts(extra)}\n{_describe(names)}")
+                        f"shape: {_shape_counts(extra)}\n{describe(names)}")
     if missing:
         names = _last_of_each_shape([(v.path, tuple(v.shape)) for v in variables], missing)
         sections.append(f"variables of the model with no tensor in the file "
                         f"({sum(missing.values())}), by shape: {_shape_counts(missing)}\n"
-                        f"{_describe(names)}")
+                        f"{describe(names)}")
     raise CheckpointError(
         f"{path} does not match the {what} (was it saved from another configuration? "
         "compare config.json); nothing was loaded.\n" + "\n".join(sections)
@@ -348,7 +348,8 @@ def _last_of_each_shape(items: list, counts: collections.Counter) -> list[str]:
     return picked
 
 
-def _describe(items, limit=20):
+def describe(items, limit: int = 20) -> str:
+    """An indented list of `items` for an error message, cut after `limit`."""
     lines = [f"  - {item}" for item in items[:limit]]
     if len(items) > limit:
         lines.append(f"  ... and {len(items) - limit} more")

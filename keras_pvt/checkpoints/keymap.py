@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from keras_pvt.checkpoints.io import CheckpointError
+from keras_pvt.checkpoints.io import CheckpointError, describe
 
 LEAF_NAMES = {
     "kernel": "weight",
@@ -49,6 +49,18 @@ def fused(key: str, index: int, parts: int) -> Fused:
     return Fused(key, index, parts)
 
 
+def prefixed(keras_prefix: str, source_prefix: str, rows: dict) -> dict:
+    """`rows` (Keras module -> source module) under `keras_prefix` / `source_prefix`."""
+    out = {}
+    for keras_name, source in rows.items():
+        if isinstance(source, Fused):
+            source = fused(f"{source_prefix}.{source.key}", source.index, source.parts)
+        else:
+            source = f"{source_prefix}.{source}"
+        out[f"{keras_prefix}.{keras_name}"] = source
+    return out
+
+
 def _template_regex(template: str) -> re.Pattern:
     pattern = re.escape(template)
     pattern = re.sub(r"\\\{(\w+)\\\}", lambda m: f"(?P<{m.group(1)}>\\d+)", pattern)
@@ -71,6 +83,19 @@ class KeyTable:
                     return Fused(source.key.format(**groups), source.index, source.parts)
                 return source.format(**groups)
         return None
+
+    def tensor(self, state_dict: dict, variable_path: str):
+        """The source tensor of a Keras variable path in `state_dict`, or None."""
+        key = self.source_key(variable_path)
+        return state_dict.get(key) if isinstance(key, str) else None
+
+    def count(self, state_dict: dict, template: str) -> int:
+        """How many of `template.format(0)`, `template.format(1)`... are in `state_dict`
+        (stages, blocks): the structure probe behind config-from-weights."""
+        n = 0
+        while self.tensor(state_dict, template.format(n)) is not None:
+            n += 1
+        return n
 
     def source_key(self, variable_path: str):
         """The source key (str or Fused) of a Keras variable path, or None."""
@@ -104,13 +129,6 @@ def to_keras_layout(value: np.ndarray, target_shape: tuple) -> np.ndarray | None
     ]:
         return value.reshape(target_shape)
     return None
-
-
-def _describe(items, limit=20):
-    lines = [f"  - {item}" for item in items[:limit]]
-    if len(items) > limit:
-        lines.append(f"  ... and {len(items) - limit} more")
-    return "\n".join(lines)
 
 
 def load_state_dict_into(
@@ -171,14 +189,14 @@ def load_state_dict_into(
     if unmapped or missing or mismatched or unexpected:
         sections = []
         if missing:
-            sections.append(f"missing keys ({len(missing)}):\n{_describe(missing)}")
+            sections.append(f"missing keys ({len(missing)}):\n{describe(missing)}")
         if unexpected:
-            sections.append(f"unexpected keys ({len(unexpected)}):\n{_describe(unexpected)}")
+            sections.append(f"unexpected keys ({len(unexpected)}):\n{describe(unexpected)}")
         if mismatched:
-            sections.append(f"shape mismatches ({len(mismatched)}):\n{_describe(mismatched)}")
+            sections.append(f"shape mismatches ({len(mismatched)}):\n{describe(mismatched)}")
         if unmapped:
             sections.append(
-                f"model variables with no table entry ({len(unmapped)}):\n{_describe(unmapped)}"
+                f"model variables with no table entry ({len(unmapped)}):\n{describe(unmapped)}"
             )
         raise CheckpointError(
             f"The {source} does not match the model; nothing was loaded.\n" + "\n".join(sections)

@@ -3,10 +3,9 @@
 import keras
 from keras import ops
 
-from keras_pvt.layers.conv import Conv2D, Dense
+from keras_pvt.layers.core import Conv2D, Dense, Dropout, Layer, LayerNormalization
 from keras_pvt.layers.ffn import gelu
 from keras_pvt.layers.pooling import AdaptiveAveragePooling2D
-from keras_pvt.layers.sublayer import call_sublayer
 
 
 def multi_head_attention(
@@ -50,7 +49,7 @@ def _flatten_tokens(x):
 
 
 @keras.saving.register_keras_serializable(package="keras_pvt")
-class SpatialReductionAttention(keras.layers.Layer):
+class SpatialReductionAttention(Layer):
     """Multi-head attention whose keys and values come from a spatially reduced map.
 
     - `sr_ratio > 1`: keys/values are computed from a `sr_ratio`-strided convolution of the
@@ -93,15 +92,7 @@ class SpatialReductionAttention(keras.layers.Layer):
             raise ValueError(
                 f"hidden_size={hidden_size} must be divisible by num_heads={num_heads}."
             )
-        self.hidden_size = hidden_size
-        self.num_heads = num_heads
-        self.sr_ratio = sr_ratio
-        self.linear = linear
-        self.qkv_bias = qkv_bias
-        self.epsilon = epsilon
-        self.attention_dropout = attention_dropout
-        self.proj_dropout = proj_dropout
-        self.pool_size = pool_size
+        self._store_arguments(locals())
 
         def dense(name, use_bias=True):
             return Dense(hidden_size, use_bias=use_bias, dtype=self.dtype_policy, name=name)
@@ -118,20 +109,14 @@ class SpatialReductionAttention(keras.layers.Layer):
             reduction_kernel = sr_ratio
         if self.reduces:
             self.spatial_reduction = Conv2D(
-                hidden_size,
-                reduction_kernel,
-                strides=reduction_kernel,
-                padding="valid",
-                dtype=self.dtype_policy,
-                name="spatial_reduction",
+                hidden_size, reduction_kernel, strides=reduction_kernel,
+                dtype=self.dtype_policy, name="spatial_reduction",
             )
-            self.layer_norm = keras.layers.LayerNormalization(
+            self.layer_norm = LayerNormalization(
                 epsilon=epsilon, dtype=self.dtype_policy, name="layer_norm"
             )
-        self.attention_dropout_layer = keras.layers.Dropout(
-            attention_dropout, dtype=self.dtype_policy
-        )
-        self.proj_dropout_layer = keras.layers.Dropout(proj_dropout, dtype=self.dtype_policy)
+        self.attention_dropout_layer = Dropout(attention_dropout, dtype=self.dtype_policy)
+        self.proj_dropout_layer = Dropout(proj_dropout, dtype=self.dtype_policy)
 
     def build(self, input_shape):
         channels_shape = (None, None, self.hidden_size)
@@ -144,46 +129,25 @@ class SpatialReductionAttention(keras.layers.Layer):
 
     def call(self, inputs, training=None):
         tokens = _flatten_tokens(inputs)
-        if self.reduces:
-            if len(inputs.shape) != 4:
-                raise ValueError(
-                    "Spatial reduction needs an NHWC feature map; received a tensor of "
-                    f"shape {inputs.shape}."
-                )
-            reduced = call_sublayer(self.pool, inputs) if self.linear else inputs
-            reduced = call_sublayer(self.spatial_reduction, reduced)
-            reduced = call_sublayer(self.layer_norm, _flatten_tokens(reduced))
-            if self.linear:
-                reduced = gelu(reduced)
-        else:
-            reduced = tokens
+        reduced = self.reduce(inputs) if self.reduces else tokens
         x = multi_head_attention(
-            call_sublayer(self.query, tokens),
-            call_sublayer(self.key, reduced),
-            call_sublayer(self.value, reduced),
-            self.num_heads,
-            dropout=self.attention_dropout_layer,
-            training=training,
+            self.query(tokens), self.key(reduced), self.value(reduced), self.num_heads,
+            dropout=self.attention_dropout_layer, training=training,
         )
-        x = call_sublayer(self.proj_dropout_layer, call_sublayer(self.proj, x), training=training)
+        x = self.proj_dropout_layer(self.proj(x), training=training)
         return ops.reshape(x, ops.shape(inputs))
+
+    def reduce(self, feature_map):
+        """The reduced key/value tokens: `LN(Conv_r(x))`, or `GELU(LN(Conv_1x1(Pool_7(x))))`
+        for linear SRA."""
+        if len(feature_map.shape) != 4:
+            raise ValueError(
+                "Spatial reduction needs an NHWC feature map; received a tensor of "
+                f"shape {feature_map.shape}."
+            )
+        x = self.pool(feature_map) if self.linear else feature_map
+        x = self.layer_norm(_flatten_tokens(self.spatial_reduction(x)))
+        return gelu(x) if self.linear else x
 
     def compute_output_shape(self, input_shape):
         return input_shape
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "hidden_size": self.hidden_size,
-                "num_heads": self.num_heads,
-                "sr_ratio": self.sr_ratio,
-                "linear": self.linear,
-                "qkv_bias": self.qkv_bias,
-                "epsilon": self.epsilon,
-                "attention_dropout": self.attention_dropout,
-                "proj_dropout": self.proj_dropout,
-                "pool_size": self.pool_size,
-            }
-        )
-        return config

@@ -6,7 +6,7 @@ import keras
 from keras import ops
 
 from keras_pvt.layers.attention import multi_head_attention
-from keras_pvt.layers.conv import Dense, DepthwiseConv2D
+from keras_pvt.layers.core import BatchNormalization, Dense, DepthwiseConv2D, Dropout, Layer
 
 PROJECTION_METHODS = ("dw_bn", "avg", "linear")
 
@@ -52,7 +52,7 @@ def average_pool_ceil(inputs, kernel: int, stride: int, padding: int):
 
 
 @keras.saving.register_keras_serializable(package="keras_pvt")
-class ConvProjection(keras.layers.Layer):
+class ConvProjection(Layer):
     """CvT's convolutional projection of an NHWC map (before the linear q/k/v projection).
 
     - `"dw_bn"`: depthwise convolution (no bias) with symmetric zero padding, then
@@ -86,13 +86,7 @@ class ConvProjection(keras.layers.Layer):
             raise ValueError(
                 f"Unknown projection method {method!r}; expected one of {PROJECTION_METHODS}."
             )
-        self.hidden_size = hidden_size
-        self.method = method
-        self.kernel_size = kernel_size
-        self.stride = stride
-        self.padding = padding
-        self.epsilon = epsilon
-        self.momentum = momentum
+        self._store_arguments(locals())
         # keras' 'same' padding equals torch's symmetric padding only at stride 1.
         self._same = stride == 1 and 2 * padding == kernel_size - 1 and kernel_size % 2 == 1
         if method == "dw_bn":
@@ -100,7 +94,7 @@ class ConvProjection(keras.layers.Layer):
                 kernel_size, strides=stride, padding="same" if self._same else "valid",
                 use_bias=False, dtype=self.dtype_policy, name="convolution",
             )
-            self.normalization = keras.layers.BatchNormalization(
+            self.normalization = BatchNormalization(
                 epsilon=epsilon, momentum=momentum, dtype=self.dtype_policy, name="normalization"
             )
 
@@ -134,24 +128,9 @@ class ConvProjection(keras.layers.Layer):
 
         return (input_shape[0], out(input_shape[1]), out(input_shape[2]), input_shape[3])
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "hidden_size": self.hidden_size,
-                "method": self.method,
-                "kernel_size": self.kernel_size,
-                "stride": self.stride,
-                "padding": self.padding,
-                "epsilon": self.epsilon,
-                "momentum": self.momentum,
-            }
-        )
-        return config
-
 
 @keras.saving.register_keras_serializable(package="keras_pvt")
-class ConvAttention(keras.layers.Layer):
+class ConvAttention(Layer):
     """CvT's multi-head attention with convolutional projections.
 
     Queries, keys and values are convolutional projections (`ConvProjection`) of the NHWC
@@ -220,19 +199,7 @@ class ConvAttention(keras.layers.Layer):
                 f"stride_q must be 1 and padding_q (kernel_size - 1) / 2; received "
                 f"kernel_size={kernel_size}, stride_q={stride_q}, padding_q={padding_q}."
             )
-        self.hidden_size = hidden_size
-        self.num_heads = num_heads
-        self.method = method
-        self.kernel_size = kernel_size
-        self.padding_q = padding_q
-        self.stride_q = stride_q
-        self.padding_kv = padding_kv
-        self.stride_kv = stride_kv
-        self.qkv_bias = qkv_bias
-        self.attention_dropout = attention_dropout
-        self.proj_dropout = proj_dropout
-        self.batch_norm_epsilon = batch_norm_epsilon
-        self.batch_norm_momentum = batch_norm_momentum
+        self._store_arguments(locals())
         dtype = self.dtype_policy
 
         def projection(name, method, stride, padding):
@@ -258,8 +225,8 @@ class ConvAttention(keras.layers.Layer):
         self.projection_key = dense("projection_key", qkv_bias)
         self.projection_value = dense("projection_value", qkv_bias)
         self.output_dense = dense("output_dense")
-        self.attention_dropout_layer = keras.layers.Dropout(attention_dropout, dtype=dtype)
-        self.proj_dropout_layer = keras.layers.Dropout(proj_dropout, dtype=dtype)
+        self.attention_dropout_layer = Dropout(attention_dropout, dtype=dtype)
+        self.proj_dropout_layer = Dropout(proj_dropout, dtype=dtype)
 
     def build(self, inputs_shape, cls_token_shape=None):
         map_shape = (None, None, None, self.hidden_size)
@@ -298,24 +265,3 @@ class ConvAttention(keras.layers.Layer):
         if cls_token_shape is not None and tokens is not None:
             tokens = None if cls_token_shape[1] is None else tokens + cls_token_shape[1]
         return (inputs_shape[0], tokens, self.hidden_size)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "hidden_size": self.hidden_size,
-                "num_heads": self.num_heads,
-                "method": self.method,
-                "kernel_size": self.kernel_size,
-                "padding_q": self.padding_q,
-                "stride_q": self.stride_q,
-                "padding_kv": self.padding_kv,
-                "stride_kv": self.stride_kv,
-                "qkv_bias": self.qkv_bias,
-                "attention_dropout": self.attention_dropout,
-                "proj_dropout": self.proj_dropout,
-                "batch_norm_epsilon": self.batch_norm_epsilon,
-                "batch_norm_momentum": self.batch_norm_momentum,
-            }
-        )
-        return config

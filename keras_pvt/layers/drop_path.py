@@ -3,9 +3,19 @@
 import keras
 from keras import ops
 
+from keras_pvt.layers.core import Layer
+
+
+def drop_path_rates(depths, rate: float) -> list[list[float]]:
+    """Stochastic depth rising linearly from 0 to `rate` over all blocks, split per stage."""
+    total = sum(depths)
+    rates = [rate * i / max(total - 1, 1) for i in range(total)]
+    starts = [sum(depths[:stage]) for stage in range(len(depths) + 1)]
+    return [rates[start:end] for start, end in zip(starts[:-1], starts[1:])]
+
 
 @keras.saving.register_keras_serializable(package="keras_pvt")
-class DropPath(keras.layers.Layer):
+class DropPath(Layer):
     """Drops the residual branch of each sample with probability `rate` while training.
 
     The kept samples are scaled by `1 / (1 - rate)`, as in timm's `DropPath`, so the
@@ -20,8 +30,7 @@ class DropPath(keras.layers.Layer):
         super().__init__(**kwargs)
         if not 0.0 <= rate < 1.0:
             raise ValueError(f"DropPath rate must be in [0, 1); received rate={rate}.")
-        self.rate = rate
-        self.seed = seed
+        self._store_arguments(locals())
         # Like keras' Dropout: no RNG state (and no extra variable) when nothing is dropped.
         self.seed_generator = keras.random.SeedGenerator(seed) if rate > 0 else None
         self.supports_masking = True
@@ -36,8 +45,3 @@ class DropPath(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return input_shape
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({"rate": self.rate, "seed": self.seed})
-        return config

@@ -2,12 +2,11 @@
 
 import keras
 
-from keras_pvt.layers.conv import Conv2D
-from keras_pvt.layers.sublayer import call_sublayer
+from keras_pvt.layers.core import Conv2D, Layer, LayerNormalization
 
 
 @keras.saving.register_keras_serializable(package="keras_pvt")
-class OverlapPatchEmbedding(keras.layers.Layer):
+class OverlapPatchEmbedding(Layer):
     """Strided convolution with PyTorch-style symmetric zero padding, then LayerNorm.
 
     PVT v2 uses overlapping patches (`padding = patch_size // 2`, the default); PVT v1's
@@ -34,11 +33,8 @@ class OverlapPatchEmbedding(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.hidden_size = hidden_size
-        self.patch_size = patch_size
-        self.stride = stride
-        self.padding = patch_size // 2 if padding is None else padding
-        self.epsilon = epsilon
+        padding = patch_size // 2 if padding is None else padding
+        self._store_arguments(locals())
         self.proj = Conv2D(
             hidden_size,
             patch_size,
@@ -48,7 +44,7 @@ class OverlapPatchEmbedding(keras.layers.Layer):
             dtype=self.dtype_policy,
             name="proj",
         )
-        self.layer_norm = keras.layers.LayerNormalization(
+        self.layer_norm = LayerNormalization(
             epsilon=epsilon, dtype=self.dtype_policy, name="layer_norm"
         )
 
@@ -58,7 +54,7 @@ class OverlapPatchEmbedding(keras.layers.Layer):
         self.built = True
 
     def call(self, inputs):
-        return call_sublayer(self.layer_norm, call_sublayer(self.proj, inputs))
+        return self.layer_norm(self.proj(inputs))
 
     def compute_output_shape(self, input_shape):
         def out(size):
@@ -67,16 +63,3 @@ class OverlapPatchEmbedding(keras.layers.Layer):
             return (size + 2 * self.padding - self.patch_size) // self.stride + 1
 
         return (input_shape[0], out(input_shape[1]), out(input_shape[2]), self.hidden_size)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "hidden_size": self.hidden_size,
-                "patch_size": self.patch_size,
-                "stride": self.stride,
-                "padding": self.padding,
-                "epsilon": self.epsilon,
-            }
-        )
-        return config

@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from keras_pvt.layers.core import Layer
+
 
 def adaptive_pool_matrix(length, output_size: int, dtype="float32"):
     """The `(output_size, length)` matrix that averages torch's adaptive-pooling bins.
@@ -24,7 +26,7 @@ def adaptive_pool_matrix(length, output_size: int, dtype="float32"):
 
 
 @keras.saving.register_keras_serializable(package="keras_pvt")
-class AdaptiveAveragePooling2D(keras.layers.Layer):
+class AdaptiveAveragePooling2D(Layer):
     """Average-pools an NHWC map to a fixed `output_size` grid, like `nn.AdaptiveAvgPool2d`.
 
     Implemented as two small averaging matmuls (rows, then columns), which works for
@@ -38,7 +40,8 @@ class AdaptiveAveragePooling2D(keras.layers.Layer):
         super().__init__(**kwargs)
         if isinstance(output_size, int):
             output_size = (output_size, output_size)
-        self.output_size = tuple(int(s) for s in output_size)
+        output_size = tuple(int(s) for s in output_size)
+        self._store_arguments(locals())
 
     def call(self, inputs):
         shape = ops.shape(inputs)
@@ -52,8 +55,3 @@ class AdaptiveAveragePooling2D(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], *self.output_size, input_shape[3])
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({"output_size": self.output_size})
-        return config

@@ -3,6 +3,9 @@
 import keras
 from keras import ops
 
+from keras_pvt import kernels
+from keras_pvt.layers.core import Layer
+
 
 def bilinear_resize_indices(output_size, input_size: int):
     """Source rows and weights of PyTorch's bilinear resize (`align_corners=False`).
@@ -21,16 +24,6 @@ def bilinear_resize_indices(output_size, input_size: int):
     return lower, upper, weight
 
 
-def _gather(x, indices, axis: int):
-    """`ops.take` along one axis. On PyTorch, `index_select` directly: keras' `take` adds a
-    `squeeze` that torch ignores but ONNX rejects, so exported graphs would not load."""
-    if keras.backend.backend() == "torch":
-        import torch
-
-        return torch.index_select(x, axis, indices.long())
-    return ops.take(x, indices, axis=axis)
-
-
 def bilinear_resize(grid, size):
     """Resizes a `(height, width, channels)` grid to `size` like
     `F.interpolate(..., mode="bilinear", align_corners=False)` (no antialiasing).
@@ -42,14 +35,14 @@ def bilinear_resize(grid, size):
     grid_height, grid_width = grid.shape[0], grid.shape[1]
     lower, upper, weight = bilinear_resize_indices(size[0], grid_height)
     weight = ops.cast(weight, grid.dtype)[:, None, None]
-    grid = _gather(grid, lower, 0) * (1.0 - weight) + _gather(grid, upper, 0) * weight
+    grid = kernels.gather(grid, lower, 0) * (1.0 - weight) + kernels.gather(grid, upper, 0) * weight
     lower, upper, weight = bilinear_resize_indices(size[1], grid_width)
     weight = ops.cast(weight, grid.dtype)[None, :, None]
-    return _gather(grid, lower, 1) * (1.0 - weight) + _gather(grid, upper, 1) * weight
+    return kernels.gather(grid, lower, 1) * (1.0 - weight) + kernels.gather(grid, upper, 1) * weight
 
 
 @keras.saving.register_keras_serializable(package="keras_pvt")
-class PositionEmbedding(keras.layers.Layer):
+class PositionEmbedding(Layer):
     """Learned position embeddings stored on a fixed grid, resized to each input's grid.
 
     The stored `grid_size` grid is resized bilinearly (`align_corners=False`, as the original
@@ -78,11 +71,10 @@ class PositionEmbedding(keras.layers.Layer):
         super().__init__(**kwargs)
         if isinstance(grid_size, int):
             grid_size = (grid_size, grid_size)
-        self.grid_size = tuple(int(s) for s in grid_size)
-        if len(self.grid_size) != 2 or min(self.grid_size) < 1:
+        if len(grid_size) != 2 or min(grid_size) < 1:
             raise ValueError(f"grid_size must be two positive ints; received {grid_size}.")
-        self.cls_token = cls_token
-        self.initializer_range = initializer_range
+        grid_size = tuple(int(s) for s in grid_size)
+        self._store_arguments(locals())
 
     def build(self, input_shape):
         channels = input_shape[-1]
@@ -124,14 +116,3 @@ class PositionEmbedding(keras.layers.Layer):
         batch, height, width, channels = input_shape
         tokens = None if height is None or width is None else 1 + height * width
         return (batch, tokens, channels)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "grid_size": self.grid_size,
-                "cls_token": self.cls_token,
-                "initializer_range": self.initializer_range,
-            }
-        )
-        return config

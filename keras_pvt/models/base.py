@@ -1,17 +1,21 @@
-"""Behaviour shared by every family's backbone and classifier: input validation, presets
-and label decoding."""
+"""Behaviour shared by every backbone and task: input validation, presets, per-stage
+configuration."""
 
 from __future__ import annotations
 
+import collections.abc
 import contextlib
+import inspect
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import keras
 import numpy as np
-from keras_hub.models import ImageClassifier
+from keras_hub.models import FeaturePyramidBackbone
 
-from keras_pvt.data import PythonDataMixin
+from keras_pvt.checkpoints.io import CheckpointError, check_keras_weights
 from keras_pvt.export import ExportMixin
 
 
@@ -103,6 +107,18 @@ def _static_shape_and_dtype(inputs):
     return tuple(shape), dtype
 
 
+def _rank_error(expects: str, shape: tuple, channels: int) -> ValueError:
+    message = (
+        f"{expects} (batch, height, width, {channels}); received a {len(shape)}-D input of "
+        f"shape {shape}."
+    )
+    if len(shape) == 3:
+        message += " For a single image, add a batch axis: `images[None]`."
+        if shape[0] == channels and shape[-1] != channels:
+            message += " It also looks channels-first (3, H, W): transpose to HWC."
+    return ValueError(message)
+
+
 def _channels_message(name: str, shape: tuple, channels: int) -> str:
     message = (
         f"{name} expects {channels} channels in the last axis of a channels-last batch "
@@ -169,15 +185,7 @@ class ImageInputMixin:
                 "otherwise cast and normalise them first."
             )
         if len(shape) != 4:
-            message = (
-                f"{name} expects a 4-D image batch (batch, height, width, {channels}); "
-                f"received a {len(shape)}-D input of shape {shape}."
-            )
-            if len(shape) == 3:
-                message += " For a single image, add a batch axis: `images[None]`."
-                if shape[0] == channels and shape[-1] != channels:
-                    message += " It also looks channels-first (3, H, W): transpose to HWC."
-            raise ValueError(message)
+            raise _rank_error(f"{name} expects a 4-D image batch", shape, channels)
         if channels is not None and shape[-1] is not None and shape[-1] != channels:
             raise ValueError(_channels_message(name, shape, channels))
         if shape[0] == 0:
@@ -252,17 +260,23 @@ class ImageInputMixin:
                 f"received dtype {dtype} (shape {shape})."
             )
         if len(shape) != 4:
-            message = (
-                f"{name} expects a 4-D batch of images (batch, height, width, {channels}); "
-                f"received a {len(shape)}-D input of shape {shape}."
-            )
-            if len(shape) == 3:
-                message += " For a single image, add a batch axis: `images[None]`."
-            raise ValueError(message)
+            raise _rank_error(f"{name} expects a 4-D batch of images", shape, channels)
         if channels is not None and shape[-1] is not None and shape[-1] != channels:
             raise ValueError(_channels_message(name, shape, channels))
         if shape[0] == 0:
             raise ValueError(f"{name} received an empty batch (shape {shape}).")
+
+
+# Preset names, hf:// handles and checkpoints are resolved by `keras_pvt.hub`, which sits
+# above the models (it converts checkpoints into them); it registers itself here on import.
+_preset_resolver = None
+
+
+def set_preset_resolver(resolver) -> None:
+    """Installs the object whose `resolve(handle, cls)` (a context manager yielding a
+    keras-hub preset) and `presets_for(cls)` serve `from_preset` and `presets`."""
+    global _preset_resolver
+    _preset_resolver = resolver
 
 
 class PresetMixin(ExportMixin, ImageInputMixin):
@@ -271,7 +285,7 @@ class PresetMixin(ExportMixin, ImageInputMixin):
 
     Everything is converted once into keras-hub's preset format and then loaded by
     keras-hub, so `load_weights`, `num_classes`, `dtype`, `image_shape`... behave as in
-    keras-hub. Every keras_pvt backbone and classifier derives from it, so all of them
+    keras-hub. Every keras_pvt backbone and task derives from it, so all of them
     validate their inputs (`ImageInputMixin`) and export with dynamic shapes and clear
     per-backend errors (`keras_pvt.export.ExportMixin`).
     """
@@ -279,9 +293,7 @@ class PresetMixin(ExportMixin, ImageInputMixin):
     @classproperty
     def presets(cls) -> dict:
         """The built-in presets this class can load, with description, size and source."""
-        from keras_pvt import hub
-
-        return hub.presets_for(cls)
+        return _preset_resolver.presets_for(cls)
 
     @classmethod
     def from_preset(cls, preset: str, load_weights: bool = True, **kwargs):
@@ -295,25 +307,19 @@ class PresetMixin(ExportMixin, ImageInputMixin):
             **kwargs: forwarded to keras-hub, e.g. `num_classes=N` for a new head,
                 `dtype="mixed_bfloat16"`, `image_shape=(224, 224, 3)`.
         """
-        from keras_pvt import hub
-
-        with hub.resolve(preset, cls) as local_preset:
+        with _preset_resolver.resolve(preset, cls) as local_preset:
             return super().from_preset(local_preset, load_weights=load_weights, **kwargs)
 
     # keras-hub loads presets through these two. Keras matches weights to layers by order and
     # ignores leftover tensors, so the file's structure is checked first, and load errors
     # name the file.
     def load_weights(self, filepath, *args, **kwargs):
-        from keras_pvt.checkpoints import check_keras_weights
-
         if str(filepath).endswith(".weights.h5") and not kwargs.get("skip_mismatch"):
             check_keras_weights(filepath, self.weights, type(self).__name__)
         with _naming_file(filepath, type(self).__name__):
             return super().load_weights(filepath, *args, **kwargs)
 
     def load_task_weights(self, filepath):
-        from keras_pvt.checkpoints import check_keras_weights
-
         backbone_ids = {id(v) for v in self.backbone.weights}
         head = [v for v in self.weights if id(v) not in backbone_ids]
         check_keras_weights(filepath, head, f"{type(self).__name__} head")
@@ -323,8 +329,6 @@ class PresetMixin(ExportMixin, ImageInputMixin):
 
 @contextlib.contextmanager
 def _naming_file(filepath, what: str):
-    from keras_pvt.checkpoints import CheckpointError
-
     try:
         yield
     except CheckpointError:
@@ -336,70 +340,59 @@ def _naming_file(filepath, what: str):
         ) from error
 
 
-class BaseImageClassifier(PythonDataMixin, PresetMixin, ImageClassifier):
-    """keras-hub `ImageClassifier` that also knows its class names, and whose `fit`/`evaluate`/
-    `predict` also take a `keras.utils.PyDataset` or a torch `DataLoader` (`keras_pvt.data`).
+# --- Backbones -------------------------------------------------------------------------------
 
-    Args:
-        backbone: the family's backbone.
-        num_classes: number of output classes.
-        preprocessor: image preprocessor, or `None`.
-        class_names: optional list with the label of each class.
-        **kwargs: other `keras_hub.models.ImageClassifier` arguments.
-    """
 
-    def __init__(
-        self,
-        backbone,
-        num_classes: int,
-        preprocessor=None,
-        class_names: Sequence[str] | None = None,
-        **kwargs,
-    ):
-        super().__init__(
-            backbone=backbone, num_classes=num_classes, preprocessor=preprocessor, **kwargs
+def per_stage(name: str, values, num_stages: int) -> list:
+    """One value per stage; a single value (not a sequence) is used for every stage."""
+    if isinstance(values, (str, bool, int, float)):
+        return [values] * num_stages
+    values = list(values)
+    if len(values) != num_stages:
+        raise ValueError(
+            f"`{name}` needs one value per stage ({num_stages} stages, from `depths`); "
+            f"received {values}."
         )
-        if class_names is not None and len(class_names) != num_classes:
-            raise ValueError(
-                f"class_names has {len(class_names)} entries but num_classes={num_classes}."
-            )
-        self.class_names = list(class_names) if class_names is not None else None
+    return values
+
+
+def spatial_reduction_steps(patch_sizes, strides, paddings, sr_ratios) -> list[Downsampling]:
+    """PVT's stages as down-sampling steps: each patch embedding, after which an SRA
+    convolution (kernel = stride = sr_ratio, no padding) needs a map of sr_ratio pixels."""
+    return [
+        Downsampling(kernel, stride, padding, ratio,
+                     f"stage {stage + 1}'s {ratio}x{ratio} spatial-reduction convolution "
+                     f"(sr_ratios[{stage}]={ratio})")
+        for stage, (kernel, stride, padding, ratio)
+        in enumerate(zip(patch_sizes, strides, paddings, sr_ratios))
+    ]
+
+
+class PyramidBackbone(PresetMixin, FeaturePyramidBackbone):
+    """Base of the keras_pvt backbones: presets, input checks, and a config that is every
+    `__init__` argument, those annotated `Sequence[...]` as one value per stage."""
+
+    @classmethod
+    def _arguments(cls, values: dict) -> SimpleNamespace:
+        """The `__init__` arguments, taken from its `locals()`, the per-stage ones (annotated
+        `Sequence[...]`) as lists of one value per stage: the config the graph is built from."""
+        config = {}
+        for name, parameter in inspect.signature(cls.__init__).parameters.items():
+            if name in ("self", "dtype", "kwargs"):
+                continue
+            config[name] = values[name]
+            if typing.get_origin(parameter.annotation) is collections.abc.Sequence:
+                config[name] = per_stage(name, values[name], len(values["depths"]))
+        config["image_shape"] = tuple(config["image_shape"])
+        return SimpleNamespace(**config)
+
+    def _set_config(self, config: SimpleNamespace) -> None:
+        """Stores the config as attributes (after the functional model is initialised)."""
+        for name, value in vars(config).items():
+            setattr(self, name, value)
+        self._config_names = tuple(vars(config))
 
     def get_config(self):
         config = super().get_config()
-        config["class_names"] = self.class_names
+        config.update({name: getattr(self, name) for name in self._config_names})
         return config
-
-    @classmethod
-    def from_preset(cls, preset: str, load_weights: bool = True, **kwargs):
-        # A new head (`num_classes=N`) has no names unless the caller gives them.
-        if "num_classes" in kwargs:
-            kwargs.setdefault("class_names", None)
-        return super().from_preset(preset, load_weights=load_weights, **kwargs)
-
-    def decode_predictions(self, predictions, top: int = 5, from_logits: bool | None = None):
-        """Top-k `(index, label, probability)` per image.
-
-        Args:
-            predictions: `(batch, num_classes)` logits or probabilities.
-            top: how many classes to return per image.
-            from_logits: whether `predictions` are logits; by default, they are unless the
-                model's head has a softmax activation.
-        """
-        scores = np.asarray(predictions, dtype="float64")
-        if scores.ndim != 2 or scores.shape[1] != self.num_classes:
-            raise ValueError(
-                f"Expected predictions of shape (batch, {self.num_classes}); "
-                f"received {scores.shape}."
-            )
-        if from_logits is None:
-            from_logits = self.activation not in ("softmax",)
-        if from_logits:
-            scores = np.exp(scores - scores.max(axis=1, keepdims=True))
-            scores /= scores.sum(axis=1, keepdims=True)
-        names = self.class_names or [f"class_{i}" for i in range(self.num_classes)]
-        results = []
-        for row in scores:
-            order = np.argsort(-row, kind="stable")[:top]
-            results.append([(int(i), names[i], float(row[i])) for i in order])
-        return results

@@ -26,11 +26,11 @@ from tests.robustness.conftest import numpy
 CHILD = """
 import sys, time
 import numpy as np, keras, keras_pvt
-import keras_pvt.convert as convert
+from keras_pvt import hub
 
 x_path, out_path, log_path = sys.argv[1:4]
 hang_file = sys.argv[4] if len(sys.argv) > 4 else None
-real = convert.convert_to_preset
+real = hub.convert_to_preset
 
 def logged(source, output_dir, *args):
     with open(log_path, "a") as log:
@@ -41,7 +41,7 @@ def logged(source, output_dir, *args):
         time.sleep(600)
     return result
 
-convert.convert_to_preset = logged
+hub.convert_to_preset = logged
 model = keras_pvt.PVTv2Classifier.from_preset("pvt_v2_b0")
 np.save(out_path, keras.ops.convert_to_numpy(model(np.load(x_path))))
 """

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import keras_pvt
-from keras_pvt.models.pvt_v2.checkpoint import backbone_kwargs_from_transformers
+from keras_pvt.convert.pvt_v2 import backbone_kwargs_from_transformers
 from tests.helpers.reference import images
 from tests.robustness.conftest import numpy, tiny_backbone
 

@@ -1,4 +1,4 @@
-"""CvT: backbone, classifier, preprocessing, checkpoint map and presets."""
+"""CvT: backbone, classifier and preprocessing."""
 
 from keras_pvt.models.cvt.backbone import CvTBackbone, CvTClassToken, CvTLayer
 from keras_pvt.models.cvt.classifier import CvTClassifier

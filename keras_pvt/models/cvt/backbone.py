@@ -4,15 +4,22 @@ from collections.abc import Sequence
 
 import keras
 from keras import ops
-from keras_hub.models import FeaturePyramidBackbone
 
-from keras_pvt.layers import MLP, ConvAttention, DropPath, OverlapPatchEmbedding
+from keras_pvt.kernels import residual
+from keras_pvt.layers import (
+    MLP,
+    ConvAttention,
+    DropPath,
+    Layer,
+    LayerNormalization,
+    OverlapPatchEmbedding,
+)
 from keras_pvt.layers.conv_attention import flatten_map
-from keras_pvt.models.base import PresetMixin
+from keras_pvt.models.base import Downsampling, PyramidBackbone
 
 
 @keras.saving.register_keras_serializable(package="keras_pvt")
-class CvTClassToken(keras.layers.Layer):
+class CvTClassToken(Layer):
     """A learned `(1, 1, hidden_size)` cls token, broadcast to the batch of its input.
 
     Args:
@@ -22,8 +29,7 @@ class CvTClassToken(keras.layers.Layer):
 
     def __init__(self, hidden_size: int, initializer_range: float = 0.02, **kwargs):
         super().__init__(**kwargs)
-        self.hidden_size = hidden_size
-        self.initializer_range = initializer_range
+        self._store_arguments(locals())
 
     def build(self, input_shape):
         self.cls_token = self.add_weight(
@@ -41,16 +47,9 @@ class CvTClassToken(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return (input_shape[0], 1, self.hidden_size)
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {"hidden_size": self.hidden_size, "initializer_range": self.initializer_range}
-        )
-        return config
-
 
 @keras.saving.register_keras_serializable(package="keras_pvt")
-class CvTLayer(keras.layers.Layer):
+class CvTLayer(Layer):
     """One CvT encoder layer: pre-norm convolutional attention and MLP, each residual.
 
     Works on an NHWC map plus, in stages that have one, the `(batch, 1, channels)` cls token,
@@ -64,23 +63,12 @@ class CvTLayer(keras.layers.Layer):
     Returns:
         the new map, or `(map, cls_token)` when a cls token was given.
 
-    Args:
-        hidden_size: channels.
-        num_heads: attention heads.
+    Args (the attention's as in `ConvAttention`, whose `method` and `kernel_size` are
+    `qkv_projection_method` and `kernel_qkv` here):
         mlp_ratio: MLP expansion.
-        qkv_projection_method: `"dw_bn"`, `"avg"` or `"linear"` (see `ConvAttention`).
-        kernel_qkv: kernel of the q/k/v projections.
-        padding_q: query projection padding.
-        stride_q: query projection stride (1).
-        padding_kv: key/value projection padding.
-        stride_kv: key/value projection stride.
-        qkv_bias: bias in the linear q/k/v projections.
         drop_path: stochastic depth of both residual branches.
-        attention_dropout: dropout on the attention weights.
         hidden_dropout: dropout after the attention output and in the MLP.
         epsilon: LayerNorm epsilon.
-        batch_norm_epsilon: epsilon of the projections' BatchNorm.
-        batch_norm_momentum: momentum of the projections' BatchNorm (keras convention).
     """
 
     def __init__(
@@ -104,24 +92,9 @@ class CvTLayer(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.hidden_size = hidden_size
-        self.num_heads = num_heads
-        self.mlp_ratio = mlp_ratio
-        self.qkv_projection_method = qkv_projection_method
-        self.kernel_qkv = kernel_qkv
-        self.padding_q = padding_q
-        self.stride_q = stride_q
-        self.padding_kv = padding_kv
-        self.stride_kv = stride_kv
-        self.qkv_bias = qkv_bias
-        self.drop_path = drop_path
-        self.attention_dropout = attention_dropout
-        self.hidden_dropout = hidden_dropout
-        self.epsilon = epsilon
-        self.batch_norm_epsilon = batch_norm_epsilon
-        self.batch_norm_momentum = batch_norm_momentum
+        self._store_arguments(locals())
         dtype = self.dtype_policy
-        self.layernorm_before = keras.layers.LayerNormalization(
+        self.layernorm_before = LayerNormalization(
             epsilon=epsilon, dtype=dtype, name="layernorm_before"
         )
         self.attention = ConvAttention(
@@ -132,7 +105,7 @@ class CvTLayer(keras.layers.Layer):
             dtype=dtype, name="attention",
         )
         self.drop_path_layer = DropPath(drop_path, dtype=dtype)
-        self.layernorm_after = keras.layers.LayerNormalization(
+        self.layernorm_after = LayerNormalization(
             epsilon=epsilon, dtype=dtype, name="layernorm_after"
         )
         self.mlp = MLP(
@@ -156,17 +129,21 @@ class CvTLayer(keras.layers.Layer):
         num_cls = 0 if cls_token is None else 1
         if num_cls:
             x = ops.concatenate([cls_token, x], axis=1)
+        x = residual(x, self.drop_path_layer(self._attend(x, shape, num_cls, training),
+                                             training=training))
+        y = self.mlp(self.layernorm_after(x), training=training)
+        x = residual(x, self.drop_path_layer(y, training=training))
+        out = ops.reshape(x[:, num_cls:], shape)
+        return (out, x[:, :num_cls]) if num_cls else out
+
+    def _attend(self, x, shape, num_cls: int, training):
+        """Attention on `LN(x)`: the map part is convolved, the cls token joins as is."""
         normed = self.layernorm_before(x)
-        attention = self.attention(
+        return self.attention(
             ops.reshape(normed[:, num_cls:], shape),
             cls_token=normed[:, :num_cls] if num_cls else None,
             training=training,
         )
-        x = x + self.drop_path_layer(attention, training=training)
-        y = self.mlp(self.layernorm_after(x), training=training)
-        x = x + self.drop_path_layer(y, training=training)
-        out = ops.reshape(x[:, num_cls:], shape)
-        return (out, x[:, :num_cls]) if num_cls else out
 
     def compute_output_shape(self, inputs_shape, cls_token_shape=None):
         # Explicit shapes: JAX's symbolic tracing of `call` cannot always prove that the
@@ -175,46 +152,9 @@ class CvTLayer(keras.layers.Layer):
             return tuple(inputs_shape)
         return tuple(inputs_shape), tuple(cls_token_shape)
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "hidden_size": self.hidden_size,
-                "num_heads": self.num_heads,
-                "mlp_ratio": self.mlp_ratio,
-                "qkv_projection_method": self.qkv_projection_method,
-                "kernel_qkv": self.kernel_qkv,
-                "padding_q": self.padding_q,
-                "stride_q": self.stride_q,
-                "padding_kv": self.padding_kv,
-                "stride_kv": self.stride_kv,
-                "qkv_bias": self.qkv_bias,
-                "drop_path": self.drop_path,
-                "attention_dropout": self.attention_dropout,
-                "hidden_dropout": self.hidden_dropout,
-                "epsilon": self.epsilon,
-                "batch_norm_epsilon": self.batch_norm_epsilon,
-                "batch_norm_momentum": self.batch_norm_momentum,
-            }
-        )
-        return config
-
-
-def _per_stage(name: str, values, num_stages: int) -> list:
-    """One value per stage; a single (non-sequence) value is used for every stage."""
-    if isinstance(values, (str, bool, int, float)):
-        return [values] * num_stages
-    values = list(values)
-    if len(values) != num_stages:
-        raise ValueError(
-            f"`{name}` needs one value per stage ({num_stages} stages, from `depths`); "
-            f"received {values}."
-        )
-    return values
-
 
 @keras.saving.register_keras_serializable(package="keras_pvt")
-class CvTBackbone(PresetMixin, FeaturePyramidBackbone):
+class CvTBackbone(PyramidBackbone):
     """CvT backbone: stages of convolutional token embedding + convolutional-attention layers.
 
     Each stage embeds its input with a strided convolution and LayerNorm, then runs
@@ -302,54 +242,42 @@ class CvTBackbone(PresetMixin, FeaturePyramidBackbone):
         dtype=None,
         **kwargs,
     ):
+        config = self._arguments(locals())
         num_stages = len(depths)
-        stage = {
-            name: _per_stage(name, value, num_stages)
-            for name, value in {
-                "hidden_sizes": hidden_sizes, "num_heads": num_heads, "mlp_ratios": mlp_ratios,
-                "patch_sizes": patch_sizes, "patch_strides": patch_strides,
-                "patch_paddings": patch_paddings,
-                "qkv_projection_methods": qkv_projection_methods, "kernel_qkv": kernel_qkv,
-                "padding_q": padding_q, "stride_q": stride_q, "padding_kv": padding_kv,
-                "stride_kv": stride_kv, "qkv_bias": qkv_bias, "cls_token": cls_token,
-                "drop_path_rate": drop_path_rate, "attention_dropout": attention_dropout,
-                "hidden_dropout": hidden_dropout,
-            }.items()
-        }
 
         # === Functional Model ===
-        image_input = keras.layers.Input(shape=image_shape, name="images")
+        image_input = keras.layers.Input(shape=config.image_shape, name="images")
         x = image_input
         cls = None
         pyramid_outputs = {}
         for s in range(num_stages):
-            hidden = stage["hidden_sizes"][s]
+            hidden = config.hidden_sizes[s]
             x = OverlapPatchEmbedding(
-                hidden, stage["patch_sizes"][s], stage["patch_strides"][s],
-                padding=stage["patch_paddings"][s], epsilon=layer_norm_epsilon, dtype=dtype,
+                hidden, config.patch_sizes[s], config.patch_strides[s],
+                padding=config.patch_paddings[s], epsilon=layer_norm_epsilon, dtype=dtype,
                 name=f"stage{s}_embedding",
             )(x)
             x = keras.layers.Dropout(
-                stage["hidden_dropout"][s], dtype=dtype, name=f"stage{s}_embedding_dropout"
+                config.hidden_dropout[s], dtype=dtype, name=f"stage{s}_embedding_dropout"
             )(x)
             cls = None
-            if stage["cls_token"][s]:
+            if config.cls_token[s]:
                 cls = CvTClassToken(
                     hidden, initializer_range=initializer_range, dtype=dtype,
                     name=f"stage{s}_cls_token",
                 )(x)
             depth = depths[s]
-            rate = stage["drop_path_rate"][s]
+            rate = config.drop_path_rate[s]
             for b in range(depth):
                 layer = CvTLayer(
-                    hidden, stage["num_heads"][s], mlp_ratio=stage["mlp_ratios"][s],
-                    qkv_projection_method=stage["qkv_projection_methods"][s],
-                    kernel_qkv=stage["kernel_qkv"][s], padding_q=stage["padding_q"][s],
-                    stride_q=stage["stride_q"][s], padding_kv=stage["padding_kv"][s],
-                    stride_kv=stage["stride_kv"][s], qkv_bias=stage["qkv_bias"][s],
+                    hidden, config.num_heads[s], mlp_ratio=config.mlp_ratios[s],
+                    qkv_projection_method=config.qkv_projection_methods[s],
+                    kernel_qkv=config.kernel_qkv[s], padding_q=config.padding_q[s],
+                    stride_q=config.stride_q[s], padding_kv=config.padding_kv[s],
+                    stride_kv=config.stride_kv[s], qkv_bias=config.qkv_bias[s],
                     drop_path=rate * b / max(depth - 1, 1),
-                    attention_dropout=stage["attention_dropout"][s],
-                    hidden_dropout=stage["hidden_dropout"][s], epsilon=layer_norm_epsilon,
+                    attention_dropout=config.attention_dropout[s],
+                    hidden_dropout=config.hidden_dropout[s], epsilon=layer_norm_epsilon,
                     batch_norm_epsilon=batch_norm_epsilon,
                     batch_norm_momentum=batch_norm_momentum, dtype=dtype,
                     name=f"stage{s}_layer{b}",
@@ -362,43 +290,19 @@ class CvTBackbone(PresetMixin, FeaturePyramidBackbone):
         cls_token_output = None
         if cls is not None:
             cls_token_output = keras.layers.Reshape(
-                (stage["hidden_sizes"][-1],), dtype=dtype, name="cls_token_output"
+                (config.hidden_sizes[-1],), dtype=dtype, name="cls_token_output"
             )(cls)
 
         super().__init__(inputs=image_input, outputs=x, dtype=dtype, **kwargs)
 
         # === Config ===
-        self.hidden_sizes = stage["hidden_sizes"]
-        self.depths = list(depths)
-        self.num_heads = stage["num_heads"]
-        self.mlp_ratios = stage["mlp_ratios"]
-        self.patch_sizes = stage["patch_sizes"]
-        self.patch_strides = stage["patch_strides"]
-        self.patch_paddings = stage["patch_paddings"]
-        self.qkv_projection_methods = stage["qkv_projection_methods"]
-        self.kernel_qkv = stage["kernel_qkv"]
-        self.padding_q = stage["padding_q"]
-        self.stride_q = stage["stride_q"]
-        self.padding_kv = stage["padding_kv"]
-        self.stride_kv = stage["stride_kv"]
-        self.qkv_bias = stage["qkv_bias"]
-        self.cls_token = stage["cls_token"]
-        self.drop_path_rate = stage["drop_path_rate"]
-        self.attention_dropout = stage["attention_dropout"]
-        self.hidden_dropout = stage["hidden_dropout"]
-        self.layer_norm_epsilon = layer_norm_epsilon
-        self.batch_norm_epsilon = batch_norm_epsilon
-        self.batch_norm_momentum = batch_norm_momentum
-        self.initializer_range = initializer_range
-        self.image_shape = tuple(image_shape)
+        self._set_config(config)
         self.pyramid_outputs = pyramid_outputs
         self.cls_token_output = cls_token_output
 
     def _input_geometry(self) -> list:
         """The token embeddings as down-sampling steps (for the input-size checks and the
         minimum image size); each stage's map must also fit its key/value projection."""
-        from keras_pvt.models.base import Downsampling
-
         steps = []
         for s in range(len(self.depths)):
             kv_minimum = 1
@@ -410,34 +314,3 @@ class CvTBackbone(PresetMixin, FeaturePyramidBackbone):
                 f"projection (padding_kv[{s}]={self.padding_kv[s]})",
             ))
         return steps
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "hidden_sizes": self.hidden_sizes,
-                "depths": self.depths,
-                "num_heads": self.num_heads,
-                "mlp_ratios": self.mlp_ratios,
-                "patch_sizes": self.patch_sizes,
-                "patch_strides": self.patch_strides,
-                "patch_paddings": self.patch_paddings,
-                "qkv_projection_methods": self.qkv_projection_methods,
-                "kernel_qkv": self.kernel_qkv,
-                "padding_q": self.padding_q,
-                "stride_q": self.stride_q,
-                "padding_kv": self.padding_kv,
-                "stride_kv": self.stride_kv,
-                "qkv_bias": self.qkv_bias,
-                "cls_token": self.cls_token,
-                "drop_path_rate": self.drop_path_rate,
-                "attention_dropout": self.attention_dropout,
-                "hidden_dropout": self.hidden_dropout,
-                "layer_norm_epsilon": self.layer_norm_epsilon,
-                "batch_norm_epsilon": self.batch_norm_epsilon,
-                "batch_norm_momentum": self.batch_norm_momentum,
-                "initializer_range": self.initializer_range,
-                "image_shape": self.image_shape,
-            }
-        )
-        return config

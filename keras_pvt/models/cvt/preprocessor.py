@@ -6,10 +6,10 @@ import keras
 import numpy as np
 from keras import ops
 from keras_hub.layers import ImageConverter
-from keras_hub.models import ImageClassifierPreprocessor
 
 from keras_pvt.models.cvt.backbone import CvTBackbone
 from keras_pvt.models.pvt_v2.preprocessor import imagenet_scale_offset
+from keras_pvt.tasks.classifier import PyramidImageClassifierPreprocessor
 
 # transformers' ConvNext processor only crops below this size; larger sizes are warped.
 CROP_BELOW = 384
@@ -152,13 +152,8 @@ class CvTImageConverter(ImageConverter):
 
 
 @keras.saving.register_keras_serializable(package="keras_pvt")
-class CvTImageClassifierPreprocessor(ImageClassifierPreprocessor):
+class CvTImageClassifierPreprocessor(PyramidImageClassifierPreprocessor):
     """Image preprocessing for `CvTClassifier` (see `CvTImageConverter`)."""
 
     backbone_cls = CvTBackbone
     image_converter_cls = CvTImageConverter
-
-    def __init__(self, image_converter=None, **kwargs):
-        if image_converter is None:
-            image_converter = CvTImageConverter()
-        super().__init__(image_converter=image_converter, **kwargs)

@@ -5,105 +5,19 @@ from collections.abc import Sequence
 
 import keras
 from keras import ops
-from keras_hub.models import FeaturePyramidBackbone
 
 from keras_pvt.layers import (
-    MLP,
-    DropPath,
+    Layer,
     OverlapPatchEmbedding,
     PositionEmbedding,
-    SpatialReductionAttention,
+    PVTBlock,
+    encoder_stage,
 )
-from keras_pvt.models.base import PresetMixin
+from keras_pvt.models.base import Downsampling, PyramidBackbone, spatial_reduction_steps
 
 
 @keras.saving.register_keras_serializable(package="keras_pvt")
-class PVTBlock(keras.layers.Layer):
-    """One PVT v1 encoder block: pre-norm SRA and a plain MLP, each residual.
-
-    Takes an NHWC map (stages with spatial reduction) or a `(batch, tokens, channels)`
-    sequence (the last stage, which carries the class token and does not reduce).
-    Sublayer names follow transformers' `PvtLayer`, so the weight map is a table.
-    """
-
-    def __init__(
-        self,
-        hidden_size: int,
-        num_heads: int,
-        mlp_ratio: float,
-        sr_ratio: int,
-        qkv_bias: bool = True,
-        drop_path: float = 0.0,
-        epsilon: float = 1e-6,
-        reduction_epsilon: float = 1e-6,
-        attention_dropout: float = 0.0,
-        hidden_dropout: float = 0.0,
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
-        self.hidden_size = hidden_size
-        self.num_heads = num_heads
-        self.mlp_ratio = mlp_ratio
-        self.sr_ratio = sr_ratio
-        self.qkv_bias = qkv_bias
-        self.drop_path = drop_path
-        self.epsilon = epsilon
-        self.reduction_epsilon = reduction_epsilon
-        self.attention_dropout = attention_dropout
-        self.hidden_dropout = hidden_dropout
-        dtype = self.dtype_policy
-        self.layer_norm_1 = keras.layers.LayerNormalization(
-            epsilon=epsilon, dtype=dtype, name="layer_norm_1"
-        )
-        self.attention = SpatialReductionAttention(
-            hidden_size, num_heads, sr_ratio=sr_ratio, qkv_bias=qkv_bias,
-            epsilon=reduction_epsilon, attention_dropout=attention_dropout,
-            proj_dropout=hidden_dropout, dtype=dtype, name="attention",
-        )
-        self.drop_path_layer = DropPath(drop_path, dtype=dtype)
-        self.layer_norm_2 = keras.layers.LayerNormalization(
-            epsilon=epsilon, dtype=dtype, name="layer_norm_2"
-        )
-        self.mlp = MLP(
-            hidden_size, int(hidden_size * mlp_ratio), dropout=hidden_dropout,
-            dtype=dtype, name="mlp",
-        )
-
-    def build(self, input_shape):
-        for layer in (self.layer_norm_1, self.attention, self.layer_norm_2, self.mlp):
-            layer.build(input_shape)
-        self.built = True
-
-    def call(self, inputs, training=None):
-        x = self.attention(self.layer_norm_1(inputs), training=training)
-        x = inputs + self.drop_path_layer(x, training=training)
-        y = self.mlp(self.layer_norm_2(x), training=training)
-        return x + self.drop_path_layer(y, training=training)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "hidden_size": self.hidden_size,
-                "num_heads": self.num_heads,
-                "mlp_ratio": self.mlp_ratio,
-                "sr_ratio": self.sr_ratio,
-                "qkv_bias": self.qkv_bias,
-                "drop_path": self.drop_path,
-                "epsilon": self.epsilon,
-                "reduction_epsilon": self.reduction_epsilon,
-                "attention_dropout": self.attention_dropout,
-                "hidden_dropout": self.hidden_dropout,
-            }
-        )
-        return config
-
-
-@keras.saving.register_keras_serializable(package="keras_pvt")
-class ClassTokenSplit(keras.layers.Layer):
+class ClassTokenSplit(Layer):
     """Splits `(batch, 1 + H * W, C)` tokens into the class token `(batch, C)` and the NHWC
     map `(batch, H, W, C)`; `H` and `W` are read from a reference map of that grid."""
 
@@ -116,16 +30,6 @@ class ClassTokenSplit(keras.layers.Layer):
         batch, height, width, _ = reference_shape
         channels = tokens_shape[-1]
         return (batch, channels), (batch, height, width, channels)
-
-
-def _per_stage(name: str, values: Sequence, num_stages: int) -> list:
-    values = list(values)
-    if len(values) != num_stages:
-        raise ValueError(
-            f"`{name}` needs one value per stage ({num_stages} stages, from `depths`); "
-            f"received {values}."
-        )
-    return values
 
 
 def position_grid_sizes(
@@ -152,7 +56,7 @@ def position_grid_sizes(
 
 
 @keras.saving.register_keras_serializable(package="keras_pvt")
-class PVTBackbone(PresetMixin, FeaturePyramidBackbone):
+class PVTBackbone(PyramidBackbone):
     """PVT v1 backbone: four stages of non-overlapping patch embedding, learned position
     embeddings and SRA blocks; a class token joins the last stage.
 
@@ -170,28 +74,19 @@ class PVTBackbone(PresetMixin, FeaturePyramidBackbone):
     grid of every stage, so with the default `image_shape=(None, None, 3)` one model
     accepts any image size, square or not. At the pretraining size they are used unchanged.
 
-    Args:
-        hidden_sizes: channels per stage.
-        depths: blocks per stage.
-        num_heads: attention heads per stage.
+    Args (as `PVTv2Backbone`'s, where not listed; every per-stage argument also takes a
+    single value for all stages):
         mlp_ratios: MLP expansion per stage.
         sr_ratios: spatial-reduction ratios per stage; the last must be 1 (its sequence
             holds the class token).
-        patch_sizes: patch-embedding kernel sizes per stage.
         strides: patch-embedding strides per stage (equal to `patch_sizes` in every
-            published model: non-overlapping patches).
+            published model: non-overlapping patches, no padding).
         position_embedding_shape: `(height, width)` of the images the position embeddings
             were trained for (transformers' `image_size`).
-        qkv_bias: bias in the query/key/value projections.
-        drop_path_rate: stochastic depth, increasing linearly over all blocks up to this value.
-        attention_dropout: dropout on attention weights.
         hidden_dropout: dropout after the position embeddings, the projections and in the MLP.
         layer_norm_epsilon: epsilon of the block LayerNorms and the final LayerNorm.
         patch_norm_epsilon: epsilon of the patch-embedding LayerNorms (1e-5 in the original
             repository, 1e-6 in transformers).
-        reduction_norm_epsilon: epsilon of the spatial-reduction LayerNorms (as above).
-        image_shape: input shape `(height, width, channels)`; `None` for any size.
-        dtype: dtype policy of the model.
 
     Example:
     ```python
@@ -222,37 +117,28 @@ class PVTBackbone(PresetMixin, FeaturePyramidBackbone):
         dtype=None,
         **kwargs,
     ):
-        num_stages = len(depths)
-        hidden_sizes = _per_stage("hidden_sizes", hidden_sizes, num_stages)
-        num_heads = _per_stage("num_heads", num_heads, num_stages)
-        mlp_ratios = _per_stage("mlp_ratios", mlp_ratios, num_stages)
-        sr_ratios = _per_stage("sr_ratios", sr_ratios, num_stages)
-        patch_sizes = _per_stage("patch_sizes", patch_sizes, num_stages)
-        strides = _per_stage("strides", strides, num_stages)
-        if sr_ratios[-1] != 1:
+        config = self._arguments(locals())
+        if config.sr_ratios[-1] != 1:
             raise ValueError(
                 "The last stage carries the class token in its sequence, so it cannot be "
-                f"spatially reduced: sr_ratios[-1] must be 1; received sr_ratios={sr_ratios}."
+                f"spatially reduced: sr_ratios[-1] must be 1; received {config.sr_ratios}."
             )
         if isinstance(position_embedding_shape, int):
             position_embedding_shape = (position_embedding_shape, position_embedding_shape)
-        position_embedding_shape = tuple(int(s) for s in position_embedding_shape)
-        grids = position_grid_sizes(position_embedding_shape, strides)
-        total_blocks = sum(depths)
-        drop_rates = [
-            drop_path_rate * i / max(total_blocks - 1, 1) for i in range(total_blocks)
-        ]
+        config.position_embedding_shape = tuple(int(s) for s in position_embedding_shape)
+        grids = position_grid_sizes(config.position_embedding_shape, config.strides)
+        num_stages = len(config.depths)
 
         # === Functional Model ===
-        image_input = keras.layers.Input(shape=image_shape, name="images")
+        image_input = keras.layers.Input(shape=config.image_shape, name="images")
         x = image_input
         pyramid_outputs = {}
-        block_index = 0
         for stage in range(num_stages):
             last = stage == num_stages - 1
             x = OverlapPatchEmbedding(
-                hidden_sizes[stage], patch_sizes[stage], strides[stage], padding=0,
-                epsilon=patch_norm_epsilon, dtype=dtype, name=f"stage{stage}_patch_embedding",
+                config.hidden_sizes[stage], config.patch_sizes[stage], config.strides[stage],
+                padding=0, epsilon=patch_norm_epsilon, dtype=dtype,
+                name=f"stage{stage}_patch_embedding",
             )(x)
             grid_map = x
             x = PositionEmbedding(
@@ -261,15 +147,7 @@ class PVTBackbone(PresetMixin, FeaturePyramidBackbone):
             x = keras.layers.Dropout(
                 hidden_dropout, dtype=dtype, name=f"stage{stage}_position_dropout"
             )(x)
-            for block in range(depths[stage]):
-                x = PVTBlock(
-                    hidden_sizes[stage], num_heads[stage], mlp_ratios[stage], sr_ratios[stage],
-                    qkv_bias=qkv_bias, drop_path=drop_rates[block_index],
-                    epsilon=layer_norm_epsilon, reduction_epsilon=reduction_norm_epsilon,
-                    attention_dropout=attention_dropout, hidden_dropout=hidden_dropout,
-                    dtype=dtype, name=f"stage{stage}_block{block}",
-                )(x)
-                block_index += 1
+            x = encoder_stage(x, stage, config, PVTBlock, dtype=dtype)
             if not last:
                 pyramid_outputs[f"P{stage + 2}"] = x
         x = keras.layers.LayerNormalization(
@@ -281,61 +159,12 @@ class PVTBackbone(PresetMixin, FeaturePyramidBackbone):
         super().__init__(inputs=image_input, outputs=x, dtype=dtype, **kwargs)
 
         # === Config ===
-        self.hidden_sizes = hidden_sizes
-        self.depths = list(depths)
-        self.num_heads = num_heads
-        self.mlp_ratios = mlp_ratios
-        self.sr_ratios = sr_ratios
-        self.patch_sizes = patch_sizes
-        self.strides = strides
-        self.position_embedding_shape = position_embedding_shape
-        self.qkv_bias = qkv_bias
-        self.drop_path_rate = drop_path_rate
-        self.attention_dropout = attention_dropout
-        self.hidden_dropout = hidden_dropout
-        self.layer_norm_epsilon = layer_norm_epsilon
-        self.patch_norm_epsilon = patch_norm_epsilon
-        self.reduction_norm_epsilon = reduction_norm_epsilon
-        self.image_shape = tuple(image_shape)
+        self._set_config(config)
         self.pyramid_outputs = pyramid_outputs
         self.cls_token_output = cls_token_output
 
-    def _input_geometry(self) -> list:
+    def _input_geometry(self) -> list[Downsampling]:
         """The down-sampling steps behind `minimum_image_size()` (32 for every preset)."""
-        from keras_pvt.models.base import Downsampling
-
-        # Patch embeddings do not pad; an SRA convolution (kernel = stride = sr_ratio)
-        # needs a map of at least sr_ratio pixels.
-        steps = []
-        for stage, (kernel, stride) in enumerate(zip(self.patch_sizes, self.strides)):
-            ratio = self.sr_ratios[stage]
-            reason = (
-                f"stage {stage + 1}'s {ratio}x{ratio} spatial-reduction convolution "
-                f"(sr_ratios[{stage}]={ratio})"
-            )
-            steps.append(Downsampling(kernel, stride, 0, ratio, reason))
-        return steps
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "hidden_sizes": self.hidden_sizes,
-                "depths": self.depths,
-                "num_heads": self.num_heads,
-                "mlp_ratios": self.mlp_ratios,
-                "sr_ratios": self.sr_ratios,
-                "patch_sizes": self.patch_sizes,
-                "strides": self.strides,
-                "position_embedding_shape": self.position_embedding_shape,
-                "qkv_bias": self.qkv_bias,
-                "drop_path_rate": self.drop_path_rate,
-                "attention_dropout": self.attention_dropout,
-                "hidden_dropout": self.hidden_dropout,
-                "layer_norm_epsilon": self.layer_norm_epsilon,
-                "patch_norm_epsilon": self.patch_norm_epsilon,
-                "reduction_norm_epsilon": self.reduction_norm_epsilon,
-                "image_shape": self.image_shape,
-            }
-        )
-        return config
+        # Patch embeddings do not pad.
+        paddings = [0] * len(self.patch_sizes)
+        return spatial_reduction_steps(self.patch_sizes, self.strides, paddings, self.sr_ratios)

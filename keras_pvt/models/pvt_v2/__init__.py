@@ -1,6 +1,6 @@
-"""PVT v2: backbone, classifier, preprocessing, checkpoint maps and presets."""
+"""PVT v2: backbone, classifier and preprocessing."""
 
-from keras_pvt.models.pvt_v2.backbone import PVTv2Backbone, PVTv2Block
+from keras_pvt.models.pvt_v2.backbone import PVTv2Backbone
 from keras_pvt.models.pvt_v2.classifier import PVTv2Classifier
 from keras_pvt.models.pvt_v2.preprocessor import (
     PVTv2ImageClassifierPreprocessor,
@@ -9,7 +9,6 @@ from keras_pvt.models.pvt_v2.preprocessor import (
 
 __all__ = [
     "PVTv2Backbone",
-    "PVTv2Block",
     "PVTv2Classifier",
     "PVTv2ImageClassifierPreprocessor",
     "PVTv2ImageConverter",

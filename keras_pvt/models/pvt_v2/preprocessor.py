@@ -2,9 +2,9 @@
 
 import keras
 from keras_hub.layers import ImageConverter
-from keras_hub.models import ImageClassifierPreprocessor
 
 from keras_pvt.models.pvt_v2.backbone import PVTv2Backbone
+from keras_pvt.tasks.classifier import PyramidImageClassifierPreprocessor
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -34,13 +34,8 @@ class PVTv2ImageConverter(ImageConverter):
 
 
 @keras.saving.register_keras_serializable(package="keras_pvt")
-class PVTv2ImageClassifierPreprocessor(ImageClassifierPreprocessor):
+class PVTv2ImageClassifierPreprocessor(PyramidImageClassifierPreprocessor):
     """Image preprocessing for `PVTv2Classifier` (see `PVTv2ImageConverter`)."""
 
     backbone_cls = PVTv2Backbone
     image_converter_cls = PVTv2ImageConverter
-
-    def __init__(self, image_converter=None, **kwargs):
-        if image_converter is None:
-            image_converter = self.image_converter_cls()
-        super().__init__(image_converter=image_converter, **kwargs)

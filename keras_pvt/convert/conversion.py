@@ -9,8 +9,8 @@ from pathlib import Path
 
 from keras_pvt.checkpoints.io import CheckpointError, find_weights_file, read_state_dict
 from keras_pvt.checkpoints.keymap import load_state_dict_into
-from keras_pvt.models import FAMILIES
-from keras_pvt.models.family import Family
+from keras_pvt.convert.registry import FAMILIES, Family, Task
+from keras_pvt.models.pvt_v2.preprocessor import imagenet_scale_offset
 
 _INTERPOLATIONS = {0: "nearest", 1: "lanczos3", 2: "bilinear", 3: "bicubic"}
 
@@ -108,8 +108,6 @@ def _image_converter(family: Family, checkpoint: Checkpoint):
     elif isinstance(size, int):
         kwargs["image_size"] = (size, size)
     if "image_mean" in config and "image_std" in config:
-        from keras_pvt.models.pvt_v2.preprocessor import imagenet_scale_offset
-
         rescale = config.get("rescale_factor", 1 / 255) * 255
         scale, offset = imagenet_scale_offset(config["image_mean"], config["image_std"])
         kwargs["scale"] = [s * rescale for s in scale]
@@ -121,14 +119,6 @@ def _image_converter(family: Family, checkpoint: Checkpoint):
     return family.image_converter_cls(**kwargs)
 
 
-def _class_names(config: dict | None, num_classes: int) -> list[str] | None:
-    id2label = (config or {}).get("id2label")
-    if not isinstance(id2label, dict) or len(id2label) != num_classes:
-        return None
-    names = [id2label.get(str(i), id2label.get(i)) for i in range(num_classes)]
-    return None if any(name is None for name in names) else [str(name) for name in names]
-
-
 def check_family(family: Family, model_cls, what) -> None:
     """Raises `CheckpointError` if `model_cls` (a backbone or task class) cannot hold a
     `family` model, before anything is converted."""
@@ -136,16 +126,25 @@ def check_family(family: Family, model_cls, what) -> None:
         return
     target = getattr(model_cls, "backbone_cls", None) or model_cls
     if not issubclass(family.backbone_cls, target):
+        classes = [task.model_cls.__name__ for task in family.tasks]
         raise CheckpointError(
             f"{what} is a {family.name} checkpoint; load it with "
-            f"{family.classifier_cls.__name__} or {family.backbone_cls.__name__}, not "
+            f"{' or '.join([*classes, family.backbone_cls.__name__])}, not "
             f"{model_cls.__name__}."
         )
 
 
+def detect_task(family: Family, layout: str, state_dict: dict) -> Task | None:
+    """The task whose head the checkpoint holds, or None for a bare backbone."""
+    for task in family.tasks:
+        if family.table(layout, task).tensor(state_dict, task.marker) is not None:
+            return task
+    return None
+
+
 def build_from_checkpoint(checkpoint: Checkpoint, model_cls=None):
-    """`(model, preprocessor)`: a Keras classifier if the checkpoint has a head, else a
-    backbone, with the checkpoint's weights.
+    """`(model, preprocessor)`: the Keras task model whose head the checkpoint holds (a
+    classifier...), else a backbone, with the checkpoint's weights.
 
     Args:
         checkpoint: the checkpoint read by `read_checkpoint`.
@@ -154,7 +153,8 @@ def build_from_checkpoint(checkpoint: Checkpoint, model_cls=None):
     """
     family, layout, state_dict = identify(checkpoint)
     check_family(family, model_cls, checkpoint.path)
-    table = family.tables[layout]
+    task = detect_task(family, layout, state_dict)
+    table = family.table(layout, task)
     from_config = layout == "transformers" and bool(checkpoint.config)
     # The architecture comes from config.json when there is one, else from the weights'
     # shapes; either way a bad value is reported against the file it came from.
@@ -179,31 +179,22 @@ def build_from_checkpoint(checkpoint: Checkpoint, model_cls=None):
             f"{checkpoint.path / 'preprocessor_config.json'}: unusable preprocessing "
             f"settings: {type(error).__name__}: {error}"
         ) from error
-    preprocessor = family.preprocessor_cls(image_converter=converter)
-    head_key = table.source_key("predictions/kernel")
+    preprocessor_cls = task.preprocessor_cls if task is not None else family.preprocessor_cls
+    preprocessor = preprocessor_cls(image_converter=converter)
     architecture = f", architecture from {where}" if from_config else ""
     source = f"checkpoint {checkpoint.weights_path} ({layout} layout{architecture})"
     # Errors name keys as they are in the file (identify stripped a task model's prefix).
     prefix = next((p for p in family.backbone_prefixes
                    if any(k.startswith(p) for k in checkpoint.state_dict)), "")
-    head = family.head_keys.get(layout, ())
+    head = family.head_prefixes(layout)
 
     def file_key(key: str) -> str:
         return key if not prefix or key.startswith(head) else prefix + key
 
-    if head_key in state_dict:
-        num_classes = int(state_dict[head_key].shape[0])
-        model = family.classifier_cls(
-            backbone=backbone,
-            num_classes=num_classes,
-            preprocessor=preprocessor,
-            class_names=_class_names(checkpoint.config, num_classes),
-        )
-        load_state_dict_into(model, state_dict, table, source=source, file_key=file_key)
-    else:
-        model = backbone
-        load_state_dict_into(model, state_dict, table, source=source, ignore_unused=(),
-                             file_key=file_key)
+    model = backbone
+    if task is not None:
+        model = task.build(backbone, preprocessor, state_dict, table, checkpoint.config)
+    load_state_dict_into(model, state_dict, table, source=source, file_key=file_key)
     return model, preprocessor
 
 
@@ -212,9 +203,10 @@ def convert_to_preset(
 ) -> Path:
     """Converts a checkpoint directory or file into a keras-hub preset directory.
 
-    A classifier checkpoint gives a classifier preset (backbone, head, preprocessor); a
-    backbone checkpoint gives a backbone preset with its preprocessor. `model_cls`, if
-    given, is the class that will load it (a checkpoint of another family is refused).
+    A task checkpoint (e.g. a classifier) gives a task preset (backbone, head,
+    preprocessor); a backbone checkpoint gives a backbone preset with its preprocessor.
+    `model_cls`, if given, is the class that will load it (a checkpoint of another family
+    is refused).
     """
     model, preprocessor = build_from_checkpoint(read_checkpoint(source), model_cls)
     output_dir = Path(output_dir)

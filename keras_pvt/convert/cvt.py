@@ -1,11 +1,19 @@
-"""CvT checkpoints: the key table for transformers (`CvtModel` / `CvtForImageClassification`).
+"""CvT: the key table for transformers (`CvtModel` / `CvtForImageClassification`), config
+translation, presets and the family's registration.
 
 Keras names (left) follow transformers' modules, so each row reads as a module name.
 """
 
 from __future__ import annotations
 
-from keras_pvt.checkpoints.keymap import KeyTable
+from keras_pvt.convert.classification import classifier_task
+from keras_pvt.convert.registry import Family, Preset, register
+from keras_pvt.models.cvt import (
+    CvTBackbone,
+    CvTClassifier,
+    CvTImageClassifierPreprocessor,
+    CvTImageConverter,
+)
 
 BACKBONE_PREFIXES = ("cvt.",)  # transformers' classification model wraps CvtModel
 
@@ -13,8 +21,8 @@ _STAGE = "encoder.stages.{s}"
 _LAYER = "encoder.stages.{s}.layers.{b}"
 _PROJECTION = "attention.attention.convolution_projection_{p}.convolution_projection"
 
-TRANSFORMERS = KeyTable(
-    {
+BACKBONE_ROWS = {
+    "transformers": {
         "stage{s}_embedding.proj": f"{_STAGE}.embedding.convolution_embeddings.projection",
         "stage{s}_embedding.layer_norm":
             f"{_STAGE}.embedding.convolution_embeddings.normalization",
@@ -35,12 +43,9 @@ TRANSFORMERS = KeyTable(
         "stage{s}_layer{b}.layernorm_after": f"{_LAYER}.layernorm_after",
         "stage{s}_layer{b}.mlp.dense1": f"{_LAYER}.intermediate.dense",
         "stage{s}_layer{b}.mlp.dense2": f"{_LAYER}.output.dense",
-        "layernorm": "layernorm",
-        "predictions": "classifier",
-    }
-)
-TABLES = {"transformers": TRANSFORMERS}
-HEAD_KEYS = {"transformers": ("layernorm.", "classifier.")}
+    },
+}
+CLASSIFIER_HEADS = {"transformers": {"layernorm": "layernorm", "predictions": "classifier"}}
 
 # CvT-13/21/W24 settings that are not visible in the weight shapes: (first stage, others).
 _DEFAULTS = {
@@ -112,35 +117,31 @@ def backbone_kwargs_from_weights(state_dict: dict, layout: str) -> dict:
     published CvT. Average-pooling and linear projections (no weights) are not told apart:
     stages without projection weights are read as `"avg"`.
     """
-    table = TABLES[layout]
-    num_stages = 0
-    while table.source_key(f"stage{num_stages}_embedding/proj/kernel") in state_dict:
-        num_stages += 1
+    table = FAMILY.table(layout)
+    num_stages = table.count(state_dict, "stage{}_embedding/proj/kernel")
     if num_stages == 0:
         raise ValueError("No CvT token embedding found in the checkpoint.")
     kwargs = {name: [] for name in (
         "hidden_sizes", "depths", "num_heads", "mlp_ratios", "patch_sizes",
         "qkv_projection_methods", "kernel_qkv", "qkv_bias", "cls_token")}
     for s in range(num_stages):
-        proj = state_dict[table.source_key(f"stage{s}_embedding/proj/kernel")]
+        proj = table.tensor(state_dict, f"stage{s}_embedding/proj/kernel")
         hidden = int(proj.shape[0])
         kwargs["hidden_sizes"].append(hidden)
         kwargs["patch_sizes"].append(int(proj.shape[-1]))
-        depth = 0
-        while table.source_key(f"stage{s}_layer{depth}/layernorm_before/gamma") in state_dict:
-            depth += 1
-        kwargs["depths"].append(depth)
+        kwargs["depths"].append(
+            table.count(state_dict, f"stage{s}_layer{{}}/layernorm_before/gamma"))
         layer = f"stage{s}_layer0"
-        fc1 = state_dict[table.source_key(f"{layer}/mlp/dense1/kernel")]
+        fc1 = table.tensor(state_dict, f"{layer}/mlp/dense1/kernel")
         kwargs["mlp_ratios"].append(fc1.shape[0] / hidden)
-        conv = state_dict.get(table.source_key(
-            f"{layer}/attention/convolution_projection_key/convolution/kernel"))
+        conv = table.tensor(
+            state_dict, f"{layer}/attention/convolution_projection_key/convolution/kernel")
         kwargs["qkv_projection_methods"].append("dw_bn" if conv is not None else "avg")
         kwargs["kernel_qkv"].append(int(conv.shape[-1]) if conv is not None else 3)
-        bias = table.source_key(f"{layer}/attention/projection_query/bias")
-        kwargs["qkv_bias"].append(bias in state_dict)
+        bias = table.tensor(state_dict, f"{layer}/attention/projection_query/bias")
+        kwargs["qkv_bias"].append(bias is not None)
         kwargs["cls_token"].append(
-            table.source_key(f"stage{s}_cls_token/cls_token") in state_dict)
+            table.tensor(state_dict, f"stage{s}_cls_token/cls_token") is not None)
         if hidden % HEAD_DIM:
             raise ValueError(
                 f"A CvT checkpoint without config.json is read with {HEAD_DIM} channels per "
@@ -167,33 +168,53 @@ def image_converter_kwargs(preprocessor_config: dict) -> dict:
     return kwargs
 
 
-def _family():
-    from keras_pvt.models.cvt.backbone import CvTBackbone
-    from keras_pvt.models.cvt.classifier import CvTClassifier
-    from keras_pvt.models.cvt.preprocessor import (
-        CvTImageClassifierPreprocessor,
-        CvTImageConverter,
-    )
-    from keras_pvt.models.cvt.presets import CVT_PRESETS
-    from keras_pvt.models.family import Family
+_PAPER = "Wu et al., CvT, 2021"
 
-    return Family(
-        name="cvt",
-        backbone_cls=CvTBackbone,
-        classifier_cls=CvTClassifier,
-        preprocessor_cls=CvTImageClassifierPreprocessor,
-        image_converter_cls=CvTImageConverter,
-        model_types=("cvt",),
-        timm_prefixes=(),  # timm has no CvT
-        tables=TABLES,
-        head_keys=HEAD_KEYS,
-        backbone_prefixes=BACKBONE_PREFIXES,
-        detect_layout=detect_layout,
-        kwargs_from_transformers=backbone_kwargs_from_transformers,
-        kwargs_from_weights=backbone_kwargs_from_weights,
-        presets=CVT_PRESETS,
-        image_converter_kwargs=image_converter_kwargs,
+
+def _preset(variant: str, params: int, resolution: int, imagenet_22k: bool = False) -> Preset:
+    name = f"CvT-{variant.upper() if variant.startswith('w') else variant}"
+    if imagenet_22k:
+        data = f"ImageNet-22k pre-trained, ImageNet-1k fine-tuned at {resolution}x{resolution}"
+    else:
+        data = f"ImageNet-1k, {resolution}x{resolution}"
+    suffix = f"-{resolution}" if resolution != 224 else ""
+    suffix += "-22k" if imagenet_22k else ""
+    return Preset(
+        f"microsoft/cvt-{variant}{suffix}",
+        f"{name}, {params / 1e6:.1f}M parameters. {data} ({_PAPER}).",
+        params,
     )
 
 
-FAMILY = _family()
+# Parameter counts of transformers' CvtForImageClassification with 1000 classes (BatchNorm
+# running statistics are buffers there, not parameters; keras counts them as weights).
+CVT_13_PARAMS = 19_997_480
+CVT_21_PARAMS = 31_622_696
+CVT_W24_PARAMS = 277_196_392
+
+PRESETS = {
+    "cvt_13": _preset("13", CVT_13_PARAMS, 224),
+    "cvt_13_384": _preset("13", CVT_13_PARAMS, 384),
+    "cvt_13_384_22k": _preset("13", CVT_13_PARAMS, 384, imagenet_22k=True),
+    "cvt_21": _preset("21", CVT_21_PARAMS, 224),
+    "cvt_21_384": _preset("21", CVT_21_PARAMS, 384),
+    "cvt_21_384_22k": _preset("21", CVT_21_PARAMS, 384, imagenet_22k=True),
+    "cvt_w24_384_22k": _preset("w24", CVT_W24_PARAMS, 384, imagenet_22k=True),
+}
+
+FAMILY = register(Family(
+    name="cvt",
+    backbone_cls=CvTBackbone,
+    image_converter_cls=CvTImageConverter,
+    preprocessor_cls=CvTImageClassifierPreprocessor,
+    model_types=("cvt",),
+    timm_prefixes=(),  # timm has no CvT
+    backbone_rows=BACKBONE_ROWS,
+    backbone_prefixes=BACKBONE_PREFIXES,
+    detect_layout=detect_layout,
+    kwargs_from_transformers=backbone_kwargs_from_transformers,
+    kwargs_from_weights=backbone_kwargs_from_weights,
+    tasks=[classifier_task(CvTClassifier, CvTImageClassifierPreprocessor, CLASSIFIER_HEADS)],
+    presets=PRESETS,
+    image_converter_kwargs=image_converter_kwargs,
+))
