@@ -230,3 +230,39 @@ def test_depthwise_conv_gradients_match_torch(kernel_size):
     (out.permute(0, 2, 3, 1) * torch.from_numpy(upstream)).sum().backward()
     np.testing.assert_allclose(grad_x, tx.grad.permute(0, 2, 3, 1).numpy(), atol=1e-4)
     np.testing.assert_allclose(grad_kernel, tk.grad.numpy().transpose(2, 3, 0, 1), atol=1e-4)
+
+
+def test_kernels_dispatch_to_the_backend_module():
+    from keras_pvt import kernels
+    from keras_pvt.kernels import generic
+
+    backend = keras.backend.backend()
+    fast = {"torch": ("dense", "conv2d", "depthwise_conv2d", "mix_ffn", "residual", "gather"),
+            "jax": ("depthwise_conv2d", "mix_ffn"), "tensorflow": ("mix_ffn",)}[backend]
+    for name in ("dense", "conv2d", "depthwise_conv2d", "mix_ffn", "residual", "gather"):
+        chosen = getattr(kernels, name)
+        assert (chosen is not getattr(generic, name)) == (name in fast), name
+        assert chosen.__module__ == ("keras_pvt.kernels." + backend if name in fast
+                                     else "keras_pvt.kernels.generic")
+
+
+def test_sublayers_run_directly_inside_a_block_on_torch(monkeypatch):
+    """On PyTorch a block's sublayers skip keras' `Layer.__call__` (the same numbers);
+    elsewhere every call goes through it (the graph is traced once)."""
+    block = layers.PVTv2Block(16, 2, 2, 2)
+    x = np.random.default_rng(8).standard_normal((2, 8, 8, 16)).astype("float32")
+    want = keras.ops.convert_to_numpy(block(x))
+    entered = []
+    real_call = keras.layers.Layer.__call__
+
+    def counting(self, *args, **kwargs):
+        entered.append(type(self).__name__)
+        return real_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(keras.layers.Layer, "__call__", counting)
+    got = keras.ops.convert_to_numpy(block(x))
+    np.testing.assert_array_equal(got, want)
+    if keras.backend.backend() == "torch":
+        assert entered == ["PVTv2Block"]
+    else:
+        assert "LayerNormalization" in entered and "SpatialReductionAttention" in entered
