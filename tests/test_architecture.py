@@ -203,3 +203,28 @@ def test_a_task_registers_from_its_own_module(tmp_path):
                                   weights["projector.weight"].T)
     with pytest.raises(ValueError, match="already has a 'classifier' task"):
         register_task("pvt_v2", family.task("classifier"))
+
+
+def test_one_classifier_path_pools_any_backbone():
+    """`PyramidImageClassifier`: token, avg or max pooling and the optional head LayerNorm,
+    checked against the same head computed by hand from the backbone's outputs."""
+    x = np.random.default_rng(1).standard_normal((2, 64, 96, 3)).astype("float32")
+    backbone = keras_pvt.PVTBackbone(hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1],
+                                     num_heads=[1, 2, 3, 4], mlp_ratios=2,
+                                     position_embedding_shape=64)
+    features = keras.Model(backbone.input, [backbone.output, backbone.cls_token_output])
+    feature_map, token = (keras.ops.convert_to_numpy(t) for t in features(x))
+    for pooling, pooled in (("token", token), ("avg", feature_map.mean(axis=(1, 2))),
+                            ("max", feature_map.max(axis=(1, 2)))):
+        model = keras_pvt.PVTClassifier(backbone, num_classes=3, pooling=pooling)
+        kernel, bias = (keras.ops.convert_to_numpy(w) for w in model.output_dense.weights)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(model(x)),
+                                   pooled @ kernel + bias, atol=1e-5)
+    model = keras_pvt.PyramidImageClassifier(backbone, num_classes=3, pooling="avg",
+                                             head_norm=True)
+    normed = (feature_map - feature_map.mean(-1, keepdims=True)) / np.sqrt(
+        feature_map.var(-1, keepdims=True) + backbone.layer_norm_epsilon)
+    kernel, bias = (keras.ops.convert_to_numpy(w) for w in model.output_dense.weights)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(model(x)),
+                               normed.mean(axis=(1, 2)) @ kernel + bias, atol=1e-4)
+    assert keras_pvt.CvTClassifier.default_head_norm and model.get_config()["head_norm"]
