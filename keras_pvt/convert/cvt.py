@@ -12,7 +12,6 @@ from keras_pvt.models.cvt import (
     CvTBackbone,
     CvTClassifier,
     CvTImageClassifierPreprocessor,
-    CvTImageConverter,
 )
 
 BACKBONE_PREFIXES = ("cvt.",)  # transformers' classification model wraps CvtModel
@@ -205,7 +204,6 @@ PRESETS = {
 FAMILY = register(Family(
     name="cvt",
     backbone_cls=CvTBackbone,
-    image_converter_cls=CvTImageConverter,
     preprocessor_cls=CvTImageClassifierPreprocessor,
     model_types=("cvt",),
     timm_prefixes=(),  # timm has no CvT

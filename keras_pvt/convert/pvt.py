@@ -21,7 +21,6 @@ from keras_pvt.models.pvt import (
     PVTBackbone,
     PVTClassifier,
     PVTImageClassifierPreprocessor,
-    PVTImageConverter,
 )
 
 BACKBONE_PREFIXES = ("pvt.",)  # transformers' classification model wraps PvtModel
@@ -164,7 +163,6 @@ PRESETS = {
 FAMILY = register(Family(
     name="pvt",
     backbone_cls=PVTBackbone,
-    image_converter_cls=PVTImageConverter,
     preprocessor_cls=PVTImageClassifierPreprocessor,
     model_types=("pvt",),
     timm_prefixes=(),

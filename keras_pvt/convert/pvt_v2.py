@@ -13,7 +13,6 @@ from keras_pvt.models.pvt_v2 import (
     PVTv2Backbone,
     PVTv2Classifier,
     PVTv2ImageClassifierPreprocessor,
-    PVTv2ImageConverter,
 )
 
 BACKBONE_PREFIXES = ("pvt_v2.",)  # transformers' classification model wraps PvtV2Model
@@ -209,7 +208,6 @@ PRESETS = {
 FAMILY = register(Family(
     name="pvt_v2",
     backbone_cls=PVTv2Backbone,
-    image_converter_cls=PVTv2ImageConverter,
     preprocessor_cls=PVTv2ImageClassifierPreprocessor,
     model_types=("pvt_v2",),
     timm_prefixes=("pvt_v2_",),

@@ -58,8 +58,7 @@ class Family:
 
     name: str
     backbone_cls: type
-    image_converter_cls: type
-    preprocessor_cls: type  # saved with backbone presets
+    preprocessor_cls: type  # saved with backbone presets; its image converter is the family's
     model_types: tuple[str, ...]  # transformers `model_type` values
     timm_prefixes: tuple[str, ...]  # timm architecture name prefixes
     backbone_rows: dict[str, dict]  # layout -> key-table rows of the backbone
@@ -71,6 +70,10 @@ class Family:
     presets: dict[str, Preset] = field(default_factory=dict)
     # Extra image-converter arguments read from preprocessor_config.json (e.g. crop_pct).
     image_converter_kwargs: Callable[[dict], dict] | None = None
+
+    @property
+    def image_converter_cls(self) -> type:
+        return self.preprocessor_cls.image_converter_cls
 
     def table(self, layout: str, task: Task | None = None) -> KeyTable:
         """The key table of `layout` for the backbone, plus `task`'s head."""

@@ -20,7 +20,6 @@ to float rounding) and only changes *how* a backend computes:
 import keras
 
 from keras_pvt.kernels import generic
-from keras_pvt.kernels.generic import images_per_chunk, plain
 
 BACKEND = keras.backend.backend()
 
@@ -54,8 +53,6 @@ __all__ = [
     "dense",
     "depthwise_conv2d",
     "gather",
-    "images_per_chunk",
     "mix_ffn",
-    "plain",
     "residual",
 ]
