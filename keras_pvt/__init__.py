@@ -10,24 +10,42 @@ from keras_pvt.models.cvt import (
     CvTClassifier,
     CvTImageClassifierPreprocessor,
     CvTImageConverter,
+    CvTSegFormerSegmenter,
 )
 from keras_pvt.models.pvt import (
     PVTBackbone,
     PVTClassifier,
     PVTImageClassifierPreprocessor,
     PVTImageConverter,
+    PVTSegFormerSegmenter,
 )
 from keras_pvt.models.pvt_v2 import (
     PVTv2Backbone,
     PVTv2Classifier,
     PVTv2ImageClassifierPreprocessor,
     PVTv2ImageConverter,
+    PVTv2SegFormerSegmenter,
 )
-from keras_pvt.tasks import PyramidImageClassifier
+from keras_pvt.tasks import (
+    PyramidImageClassifier,
+    SegFormerImageConverter,
+    SegFormerSegmenter,
+    SegFormerSegmenterPreprocessor,
+    SegmentationLoss,
+    SegmentationMeanIoU,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "SegmentationMeanIoU",
+    "SegmentationLoss",
+    "SegFormerSegmenterPreprocessor",
+    "SegFormerSegmenter",
+    "SegFormerImageConverter",
+    "PVTv2SegFormerSegmenter",
+    "PVTSegFormerSegmenter",
+    "CvTSegFormerSegmenter",
     "CheckpointError",
     "CvTBackbone",
     "CvTClassifier",

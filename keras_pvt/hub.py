@@ -26,6 +26,7 @@ import warnings
 from pathlib import Path
 
 import keras
+import keras_hub
 from filelock import FileLock, Timeout
 
 from keras_pvt.checkpoints.io import CheckpointError
@@ -39,6 +40,7 @@ from keras_pvt.convert import (
     read_checkpoint,
 )
 from keras_pvt.models import base
+from keras_pvt.models.base import PresetError
 
 MANIFEST = "keras_pvt_manifest.json"
 # Hub naming rules (ASCII letters, digits, `_.-`, no `--` or `..`, at most 96 characters),
@@ -54,10 +56,6 @@ _OPTIONAL_FILES = ("preprocessor_config.json",)
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
-class PresetError(ValueError):
-    """A preset that cannot be resolved (unknown name, offline, corrupted cache...)."""
-
-
 def keras_home() -> Path:
     return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
 
@@ -68,12 +66,17 @@ def cache_root() -> Path:
 
 
 def presets_for(cls) -> dict[str, dict]:
-    """Preset metadata for a backbone or task class (all families for base classes)."""
-    backbone_cls = getattr(cls, "backbone_cls", None) or cls
+    """Preset metadata for a class: a backbone's family's presets, a task's presets that
+    hold its head (all families for generic classes)."""
+    if not issubclass(cls, keras_hub.models.Task):
+        return {name: preset.metadata() for name, (family, preset) in all_presets().items()
+                if issubclass(family.backbone_cls, cls)}
+    backbone_cls = getattr(cls, "backbone_cls", None) or keras_hub.models.Backbone
     return {
         name: preset.metadata()
         for name, (family, preset) in all_presets().items()
         if issubclass(family.backbone_cls, backbone_cls)
+        and issubclass(family.task(preset.task).model_cls, cls)
     }
 
 

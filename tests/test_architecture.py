@@ -141,16 +141,26 @@ def test_legacy_presets_and_keras_files_load(name, cls, legacy_expected):
 # --- The registry -----------------------------------------------------------------------------
 
 
-def test_every_family_registers_a_classifier_and_its_presets():
+def test_every_family_registers_its_tasks_and_presets():
     assert [f.name for f in FAMILIES] == ["pvt_v2", "pvt", "cvt"]
     for family in FAMILIES:
-        task = family.task("classifier")
-        assert task.model_cls.backbone_cls is family.backbone_cls
+        assert [task.name for task in family.tasks] == ["classifier", "segmenter"]
+        for task in family.tasks:
+            assert task.model_cls.backbone_cls is family.backbone_cls
+        classifier = family.task("classifier")
         for layout in family.backbone_rows:
-            assert layout in task.head_rows  # every source has the head's keys
+            assert layout in classifier.head_rows  # every source has the head's keys
         for preset in family.presets.values():
-            assert preset.task == "classifier"
+            assert family.task(preset.task).head_rows  # a head the conversion can read
+            assert preset.license.url.startswith("https://github.com/")
     assert set(keras_pvt.CvTClassifier.presets) == set(FAMILIES[2].presets)
+    # A task class lists the presets that hold its head; a backbone lists its family's.
+    segmenters = set(keras_pvt.SegFormerSegmenter.presets)
+    assert segmenters == {n for n in FAMILIES[0].presets if n.startswith("segformer_")}
+    assert len(segmenters) == 12
+    assert "mit_b0" in keras_pvt.PVTv2Classifier.presets
+    assert not segmenters & set(keras_pvt.PVTv2Classifier.presets)
+    assert set(keras_pvt.PVTv2Backbone.presets) == set(FAMILIES[0].presets)
 
 
 def test_cli_detects_the_family_of_a_local_preset(tmp_path):

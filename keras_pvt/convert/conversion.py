@@ -10,7 +10,7 @@ from pathlib import Path
 from keras_pvt.checkpoints.io import CheckpointError, find_weights_file, read_state_dict
 from keras_pvt.checkpoints.keymap import load_state_dict_into
 from keras_pvt.convert.registry import FAMILIES, Family, Task
-from keras_pvt.models.pvt_v2.preprocessor import imagenet_scale_offset
+from keras_pvt.tasks.preprocessing import imagenet_scale_offset
 
 _INTERPOLATIONS = {0: "nearest", 1: "lanczos3", 2: "bilinear", 3: "bicubic"}
 
@@ -97,10 +97,10 @@ def identify(checkpoint: Checkpoint) -> tuple[Family, str, dict]:
     )
 
 
-def _image_converter(family: Family, checkpoint: Checkpoint):
+def _image_converter(family: Family, converter_cls: type, checkpoint: Checkpoint):
     config = checkpoint.preprocessor_config
     if not config:
-        return family.image_converter_cls()
+        return converter_cls()
     kwargs = {}
     size = config.get("size")
     if isinstance(size, dict) and "height" in size and "width" in size:
@@ -114,9 +114,9 @@ def _image_converter(family: Family, checkpoint: Checkpoint):
         kwargs["offset"] = offset
     if config.get("resample") in _INTERPOLATIONS:
         kwargs["interpolation"] = _INTERPOLATIONS[config["resample"]]
-    if family.image_converter_kwargs is not None:
+    if family.image_converter_kwargs is not None and converter_cls is family.image_converter_cls:
         kwargs.update(family.image_converter_kwargs(config))
-    return family.image_converter_cls(**kwargs)
+    return converter_cls(**kwargs)
 
 
 def check_family(family: Family, model_cls, what) -> None:
@@ -124,7 +124,9 @@ def check_family(family: Family, model_cls, what) -> None:
     `family` model, before anything is converted."""
     if model_cls is None:
         return
-    target = getattr(model_cls, "backbone_cls", None) or model_cls
+    target = getattr(model_cls, "backbone_cls", model_cls)  # a task: its backbone's class
+    if target is None:
+        return  # a task for any backbone
     if not issubclass(family.backbone_cls, target):
         classes = [task.model_cls.__name__ for task in family.tasks]
         raise CheckpointError(
@@ -172,15 +174,18 @@ def build_from_checkpoint(checkpoint: Checkpoint, model_cls=None):
             f"{where}: cannot build a {family.name} model from it: "
             f"{type(error).__name__}: {error}"
         ) from error
+    preprocessor_cls = task.preprocessor_cls if task is not None else family.preprocessor_cls
     try:
-        converter = _image_converter(family, checkpoint)
+        converter = _image_converter(family, preprocessor_cls.image_converter_cls, checkpoint)
+        extra = {}
+        if task is not None and task.preprocessor_kwargs is not None:
+            extra = task.preprocessor_kwargs(checkpoint.preprocessor_config or {})
+        preprocessor = preprocessor_cls(image_converter=converter, **extra)
     except (ValueError, TypeError, KeyError) as error:
         raise CheckpointError(
             f"{checkpoint.path / 'preprocessor_config.json'}: unusable preprocessing "
             f"settings: {type(error).__name__}: {error}"
         ) from error
-    preprocessor_cls = task.preprocessor_cls if task is not None else family.preprocessor_cls
-    preprocessor = preprocessor_cls(image_converter=converter)
     architecture = f", architecture from {where}" if from_config else ""
     source = f"checkpoint {checkpoint.weights_path} ({layout} layout{architecture})"
     # Errors name keys as they are in the file (identify stripped a task model's prefix).

@@ -7,12 +7,15 @@ Keras names (left) follow transformers' modules, so each row reads as a module n
 from __future__ import annotations
 
 from keras_pvt.convert.classification import classifier_task
-from keras_pvt.convert.registry import Family, Preset, register
+from keras_pvt.convert.registry import Family, License, Preset, register
+from keras_pvt.convert.segmentation import segmenter_task
 from keras_pvt.models.cvt import (
     CvTBackbone,
     CvTClassifier,
     CvTImageClassifierPreprocessor,
+    CvTSegFormerSegmenter,
 )
+from keras_pvt.tasks import SegFormerSegmenterPreprocessor
 
 BACKBONE_PREFIXES = ("cvt.",)  # transformers' classification model wraps CvtModel
 
@@ -170,6 +173,11 @@ def image_converter_kwargs(preprocessor_config: dict) -> dict:
 _PAPER = "Wu et al., CvT, 2021"
 
 
+# The official CvT code and weights (microsoft/CvT). The Hugging Face model cards say
+# apache-2.0; the upstream repository's licence file is MIT.
+LICENSE = License("MIT", "https://github.com/microsoft/CvT/blob/main/LICENSE")
+
+
 def _preset(variant: str, params: int, resolution: int, imagenet_22k: bool = False) -> Preset:
     name = f"CvT-{variant.upper() if variant.startswith('w') else variant}"
     if imagenet_22k:
@@ -182,6 +190,7 @@ def _preset(variant: str, params: int, resolution: int, imagenet_22k: bool = Fal
         f"microsoft/cvt-{variant}{suffix}",
         f"{name}, {params / 1e6:.1f}M parameters. {data} ({_PAPER}).",
         params,
+        LICENSE,
     )
 
 
@@ -212,7 +221,10 @@ FAMILY = register(Family(
     detect_layout=detect_layout,
     kwargs_from_transformers=backbone_kwargs_from_transformers,
     kwargs_from_weights=backbone_kwargs_from_weights,
-    tasks=[classifier_task(CvTClassifier, CvTImageClassifierPreprocessor, CLASSIFIER_HEADS)],
+    tasks=[
+        classifier_task(CvTClassifier, CvTImageClassifierPreprocessor, CLASSIFIER_HEADS),
+        segmenter_task(CvTSegFormerSegmenter, SegFormerSegmenterPreprocessor, {}),
+    ],
     presets=PRESETS,
     image_converter_kwargs=image_converter_kwargs,
 ))

@@ -12,16 +12,20 @@ import math
 from keras_pvt.checkpoints.keymap import prefixed
 from keras_pvt.convert.classification import classifier_task
 from keras_pvt.convert.pvt_v2 import (
+    LICENSE,
     TIMM_BLOCK,
     sra_kwargs_from_transformers,
     sra_kwargs_from_weights,
 )
 from keras_pvt.convert.registry import Family, Preset, register
+from keras_pvt.convert.segmentation import segmenter_task
 from keras_pvt.models.pvt import (
     PVTBackbone,
     PVTClassifier,
     PVTImageClassifierPreprocessor,
+    PVTSegFormerSegmenter,
 )
+from keras_pvt.tasks import SegFormerSegmenterPreprocessor
 
 BACKBONE_PREFIXES = ("pvt.",)  # transformers' classification model wraps PvtModel
 
@@ -149,6 +153,7 @@ def _preset(variant: str, params: int) -> Preset:
         f"Zetatech/pvt-{variant}-224",
         f"PVT v1 {variant}, {params / 1e6:.1f}M parameters. {_IMAGENET}.",
         params,
+        LICENSE,
     )
 
 
@@ -171,6 +176,9 @@ FAMILY = register(Family(
     detect_layout=detect_layout,
     kwargs_from_transformers=backbone_kwargs_from_transformers,
     kwargs_from_weights=backbone_kwargs_from_weights,
-    tasks=[classifier_task(PVTClassifier, PVTImageClassifierPreprocessor, CLASSIFIER_HEADS)],
+    tasks=[
+        classifier_task(PVTClassifier, PVTImageClassifierPreprocessor, CLASSIFIER_HEADS),
+        segmenter_task(PVTSegFormerSegmenter, SegFormerSegmenterPreprocessor, {}),
+    ],
     presets=PRESETS,
 ))

@@ -7,15 +7,20 @@ Keras names (left) follow transformers' modules; each source is one table.
 from __future__ import annotations
 
 from keras_pvt.checkpoints.keymap import fused, prefixed
+from keras_pvt.convert import segformer
 from keras_pvt.convert.classification import classifier_task
-from keras_pvt.convert.registry import Family, Preset, register
+from keras_pvt.convert.registry import Family, License, Preset, register
+from keras_pvt.convert.segmentation import segmenter_task
 from keras_pvt.models.pvt_v2 import (
     PVTv2Backbone,
     PVTv2Classifier,
     PVTv2ImageClassifierPreprocessor,
+    PVTv2SegFormerSegmenter,
 )
+from keras_pvt.tasks import SegFormerSegmenterPreprocessor
 
-BACKBONE_PREFIXES = ("pvt_v2.",)  # transformers' classification model wraps PvtV2Model
+# transformers' task models wrap PvtV2Model / SegformerModel
+BACKBONE_PREFIXES = ("pvt_v2.", segformer.BACKBONE_PREFIX)
 
 _TRANSFORMERS_BLOCK = {
     "layer_norm_1": "layer_norm_1",
@@ -67,11 +72,13 @@ BACKBONE_ROWS = {
         **prefixed("stage{s}_block{b}", "block{s1}.{b}", _ORIGINAL_BLOCK),
         "stage{s}_layer_norm": "norm{s1}",
     },
+    "segformer": segformer.BACKBONE_ROWS,
 }
 CLASSIFIER_HEADS = {
     "transformers": {"predictions": "classifier"},
     "timm": {"predictions": "head"},
     "original": {"predictions": "head"},
+    "segformer": segformer.CLASSIFIER_HEAD,
 }
 
 # The original and timm models use 1e-5 (nn.LayerNorm's default) in the patch embedding and
@@ -84,6 +91,8 @@ def detect_layout(state_dict: dict) -> str | None:
     keys = state_dict.keys()
     if any(k.startswith("encoder.layers.0.patch_embedding.") for k in keys):
         return "transformers"
+    if segformer.is_segformer(state_dict):
+        return "segformer"
     if "patch_embed.proj.weight" in keys and any(".blocks.0.mlp.dwconv." in k for k in keys):
         return "timm"
     if "patch_embed1.proj.weight" in keys and any(".mlp.dwconv.dwconv." in k for k in keys):
@@ -126,7 +135,9 @@ def standard_heads(hidden_sizes: list, layout: str, family: str, backbone: str) 
 
 
 def backbone_kwargs_from_transformers(config: dict) -> dict:
-    """`PVTv2Backbone` arguments equal to a transformers `PvtV2Config`."""
+    """`PVTv2Backbone` arguments equal to a transformers `PvtV2Config` or `SegformerConfig`."""
+    if config.get("model_type") == "segformer":
+        return segformer.backbone_kwargs(config, sra_kwargs_from_transformers)
     return {
         **sra_kwargs_from_transformers(config, "PVT v2"),
         "hidden_sizes": config.get("hidden_sizes", [32, 64, 160, 256]),
@@ -184,6 +195,8 @@ def backbone_kwargs_from_weights(state_dict: dict, layout: str) -> dict:
 
 
 _IMAGENET = "ImageNet-1k, 224x224 (Wang et al., PVT v2, 2022)"
+# The official PVT / PVT v2 code and weights (whai362/PVT, the same file on every branch).
+LICENSE = License("Apache-2.0", "https://github.com/whai362/PVT/blob/v2/LICENSE")
 
 
 def _preset(variant: str, params: int, what: str = "") -> Preset:
@@ -192,6 +205,7 @@ def _preset(variant: str, params: int, what: str = "") -> Preset:
         f"OpenGVLab/pvt_v2_{variant}",
         f"PVT v2 {name}{what}, {params / 1e6:.1f}M parameters. {_IMAGENET}.",
         params,
+        LICENSE,
     )
 
 
@@ -203,19 +217,24 @@ PRESETS = {
     "pvt_v2_b3": _preset("b3", 45_238_696),
     "pvt_v2_b4": _preset("b4", 62_556_072),
     "pvt_v2_b5": _preset("b5", 81_956_008),
+    **segformer.PRESETS,
 }
 
 FAMILY = register(Family(
     name="pvt_v2",
     backbone_cls=PVTv2Backbone,
     preprocessor_cls=PVTv2ImageClassifierPreprocessor,
-    model_types=("pvt_v2",),
+    model_types=("pvt_v2", "segformer"),
     timm_prefixes=("pvt_v2_",),
     backbone_rows=BACKBONE_ROWS,
     backbone_prefixes=BACKBONE_PREFIXES,
     detect_layout=detect_layout,
     kwargs_from_transformers=backbone_kwargs_from_transformers,
     kwargs_from_weights=backbone_kwargs_from_weights,
-    tasks=[classifier_task(PVTv2Classifier, PVTv2ImageClassifierPreprocessor, CLASSIFIER_HEADS)],
+    tasks=[
+        classifier_task(PVTv2Classifier, PVTv2ImageClassifierPreprocessor, CLASSIFIER_HEADS),
+        segmenter_task(PVTv2SegFormerSegmenter, SegFormerSegmenterPreprocessor,
+                       {"segformer": segformer.SEGMENTER_HEAD}),
+    ],
     presets=PRESETS,
 ))

@@ -16,12 +16,26 @@ from keras_pvt.checkpoints.keymap import KeyTable
 
 
 @dataclass(frozen=True)
+class License:
+    """The licence of a preset's weights, as its upstream repository states it."""
+
+    name: str  # SPDX identifier, or the licence's title
+    url: str
+    commercial: bool = True  # False: research / evaluation only
+
+    def describe(self) -> str:
+        use = "" if self.commercial else " (non-commercial: research or evaluation only)"
+        return f"{self.name}{use}, {self.url}"
+
+
+@dataclass(frozen=True)
 class Preset:
-    """A built-in preset: where its official checkpoint lives and what it is."""
+    """A built-in preset: where its official checkpoint lives, what it is, its licence."""
 
     hf_repo: str
     description: str
     params: int
+    license: License
     source: str = "transformers"
     task: str = "classifier"  # what the checkpoint holds: a `Task.name`, or "backbone"
 
@@ -31,6 +45,8 @@ class Preset:
             "params": self.params,
             "source": f"{self.source}: https://huggingface.co/{self.hf_repo}",
             "hf_repo": self.hf_repo,
+            "task": self.task,
+            "license": self.license.describe(),
         }
 
 
@@ -50,6 +66,8 @@ class Task:
     head_rows: dict[str, dict]
     marker: str
     build: Callable
+    # Preprocessor arguments (besides the image converter) from preprocessor_config.json.
+    preprocessor_kwargs: Callable[[dict], dict] | None = None
 
 
 @dataclass(frozen=True)
@@ -88,8 +106,10 @@ class Family:
 
     def head_prefixes(self, layout: str) -> tuple[str, ...]:
         """Source-key prefixes of every task head in `layout` (kept unprefixed in errors)."""
-        return tuple(f"{source if isinstance(source, str) else source.key}."
-                     for task in self.tasks for source in task.head_rows.get(layout, {}).values())
+        return tuple(
+            f"{source if isinstance(source, str) else source.key}.".split("{")[0]
+            for task in self.tasks for source in task.head_rows.get(layout, {}).values()
+        )
 
 
 FAMILIES: list[Family] = []

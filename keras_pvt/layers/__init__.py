@@ -16,7 +16,8 @@ from keras_pvt.layers.encoder import EncoderBlock, PVTBlock, PVTv2Block, encoder
 from keras_pvt.layers.ffn import MLP, MixFFN, gelu
 from keras_pvt.layers.patch_embedding import OverlapPatchEmbedding
 from keras_pvt.layers.pooling import AdaptiveAveragePooling2D, adaptive_pool_matrix
-from keras_pvt.layers.position_embedding import PositionEmbedding, bilinear_resize
+from keras_pvt.layers.position_embedding import PositionEmbedding
+from keras_pvt.layers.resize import ResizeLike, bilinear_resize
 
 __all__ = [
     "AdaptiveAveragePooling2D",
@@ -37,6 +38,7 @@ __all__ = [
     "PVTBlock",
     "PVTv2Block",
     "PositionEmbedding",
+    "ResizeLike",
     "SpatialReductionAttention",
     "adaptive_pool_matrix",
     "bilinear_resize",

@@ -3,42 +3,8 @@
 import keras
 from keras import ops
 
-from keras_pvt import kernels
 from keras_pvt.layers.core import Layer
-
-
-def bilinear_resize_indices(output_size, input_size: int):
-    """Source rows and weights of PyTorch's bilinear resize (`align_corners=False`).
-
-    Returns `(lower, upper, weight)`, each of length `output_size`: output position `i`
-    is `(1 - weight[i]) * x[lower[i]] + weight[i] * x[upper[i]]`, with torch's source
-    coordinate `max((i + 0.5) * input_size / output_size - 0.5, 0)`. `output_size` may be
-    dynamic (a tensor or a symbolic dimension); `input_size` is a Python int.
-    """
-    scale = ops.cast(input_size, "float32") / ops.cast(output_size, "float32")
-    positions = ops.cast(ops.arange(output_size), "float32")
-    source = ops.maximum((positions + 0.5) * scale - 0.5, 0.0)
-    lower = ops.minimum(ops.cast(ops.floor(source), "int32"), input_size - 1)
-    upper = ops.minimum(lower + 1, input_size - 1)
-    weight = source - ops.cast(lower, "float32")
-    return lower, upper, weight
-
-
-def bilinear_resize(grid, size):
-    """Resizes a `(height, width, channels)` grid to `size` like
-    `F.interpolate(..., mode="bilinear", align_corners=False)` (no antialiasing).
-
-    Written as gathers and a weighted sum rather than a matmul, so a same-size resize is the
-    identity bit for bit (also under TF32 / reduced-precision matmuls), and so it accepts
-    dynamic sizes on every backend, in jit and in shape-polymorphic export.
-    """
-    grid_height, grid_width = grid.shape[0], grid.shape[1]
-    lower, upper, weight = bilinear_resize_indices(size[0], grid_height)
-    weight = ops.cast(weight, grid.dtype)[:, None, None]
-    grid = kernels.gather(grid, lower, 0) * (1.0 - weight) + kernels.gather(grid, upper, 0) * weight
-    lower, upper, weight = bilinear_resize_indices(size[1], grid_width)
-    weight = ops.cast(weight, grid.dtype)[None, :, None]
-    return kernels.gather(grid, lower, 1) * (1.0 - weight) + kernels.gather(grid, upper, 1) * weight
+from keras_pvt.layers.resize import bilinear_resize
 
 
 @keras.saving.register_keras_serializable(package="keras_pvt")

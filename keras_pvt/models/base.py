@@ -6,14 +6,16 @@ from __future__ import annotations
 import collections.abc
 import contextlib
 import inspect
+import json
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import SimpleNamespace
 
 import keras
 import numpy as np
-from keras_hub.models import FeaturePyramidBackbone
+from keras_hub.models import FeaturePyramidBackbone, Task
 
 from keras_pvt.checkpoints.io import CheckpointError, check_keras_weights
 from keras_pvt.export import ExportMixin
@@ -279,6 +281,11 @@ def set_preset_resolver(resolver) -> None:
     _preset_resolver = resolver
 
 
+class PresetError(ValueError):
+    """A preset that cannot be resolved (unknown name, offline, corrupted cache...) or that
+    does not hold what the loading class needs."""
+
+
 class PresetMixin(ExportMixin, ImageInputMixin):
     """`from_preset` that also understands keras_pvt preset names, `hf://` repositories and
     transformers / timm / original checkpoints (directories or single files).
@@ -308,6 +315,7 @@ class PresetMixin(ExportMixin, ImageInputMixin):
                 `dtype="mixed_bfloat16"`, `image_shape=(224, 224, 3)`.
         """
         with _preset_resolver.resolve(preset, cls) as local_preset:
+            _check_task_kind(cls, preset, local_preset, kwargs)
             return super().from_preset(local_preset, load_weights=load_weights, **kwargs)
 
     # keras-hub loads presets through these two. Keras matches weights to layers by order and
@@ -325,6 +333,29 @@ class PresetMixin(ExportMixin, ImageInputMixin):
         check_keras_weights(filepath, head, f"{type(self).__name__} head")
         with _naming_file(filepath, type(self).__name__):
             return super().load_task_weights(filepath)
+
+
+def _check_task_kind(cls, handle, local_preset, kwargs) -> None:
+    """A task class loading a preset that holds another kind of model (a segmenter as a
+    classifier, a bare backbone...) needs `num_classes` for a new head: say so, instead of
+    keras-hub's missing-argument error."""
+    directory = Path(str(local_preset))
+    if not issubclass(cls, Task) or "num_classes" in kwargs or not directory.is_dir():
+        return  # backbones; a new head; keras-hub's remote handles
+    saved = directory / "task.json"
+    found = None
+    if saved.is_file():
+        with contextlib.suppress(ValueError, OSError):
+            found = keras.saving.get_registered_object(
+                json.loads(saved.read_text()).get("registered_name", ""))
+    if isinstance(found, type) and issubclass(found, cls):
+        return
+    held = f"a {found.__name__}" if isinstance(found, type) else "a backbone without a head"
+    raise PresetError(
+        f"{handle!s} holds {held}, not a {cls.__name__}: load it with "
+        f"{found.__name__ if isinstance(found, type) else 'its backbone class'}, or pass "
+        f"num_classes=N to {cls.__name__}.from_preset to put a new head on its backbone."
+    )
 
 
 @contextlib.contextmanager

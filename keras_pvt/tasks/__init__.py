@@ -4,5 +4,19 @@ from keras_pvt.tasks.classifier import (
     PyramidImageClassifier,
     PyramidImageClassifierPreprocessor,
 )
+from keras_pvt.tasks.segformer import (
+    SegFormerImageConverter,
+    SegFormerSegmenter,
+    SegFormerSegmenterPreprocessor,
+)
+from keras_pvt.tasks.segmentation import SegmentationLoss, SegmentationMeanIoU
 
-__all__ = ["PyramidImageClassifier", "PyramidImageClassifierPreprocessor"]
+__all__ = [
+    "PyramidImageClassifier",
+    "PyramidImageClassifierPreprocessor",
+    "SegFormerImageConverter",
+    "SegFormerSegmenter",
+    "SegFormerSegmenterPreprocessor",
+    "SegmentationLoss",
+    "SegmentationMeanIoU",
+]

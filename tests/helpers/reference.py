@@ -78,3 +78,35 @@ def to_torch(x_nhwc: np.ndarray) -> torch.Tensor:
 
 def nchw_to_nhwc(t: torch.Tensor) -> np.ndarray:
     return t.detach().numpy().transpose(0, 2, 3, 1)
+
+
+SEGFORMER_CONFIGS = {
+    # Full-size b0 (MiT-b0 encoder, 256-channel decoder).
+    "b0": dict(hidden_sizes=[32, 64, 160, 256], depths=[2, 2, 2, 2],
+               num_attention_heads=[1, 2, 5, 8], decoder_hidden_size=256),
+    # A tiny one for the fast tests.
+    "tiny": dict(hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1],
+                 num_attention_heads=[1, 2, 3, 4], decoder_hidden_size=16),
+}
+
+
+def hf_segformer(config: str = "b0", task: str | None = "segmentation", num_labels: int = 150,
+                 seed: int = 0):
+    """A transformers SegFormer, random weights (norms randomised): `task` "segmentation"
+    (`SegformerForSemanticSegmentation`), "classification" or None (the bare encoder)."""
+    from transformers import (
+        SegformerConfig,
+        SegformerForImageClassification,
+        SegformerForSemanticSegmentation,
+        SegformerModel,
+    )
+
+    torch.manual_seed(seed)
+    labels = {i: f"label_{i}" for i in range(num_labels)}
+    config = SegformerConfig(
+        num_labels=num_labels, id2label=labels, label2id={v: k for k, v in labels.items()},
+        **SEGFORMER_CONFIGS[config],
+    )
+    model_cls = {"segmentation": SegformerForSemanticSegmentation,
+                 "classification": SegformerForImageClassification, None: SegformerModel}[task]
+    return randomize_norms(model_cls(config), seed)

@@ -6,6 +6,7 @@ from keras_pvt.models.cvt.preprocessor import (
     CvTImageClassifierPreprocessor,
     CvTImageConverter,
 )
+from keras_pvt.models.cvt.segmenter import CvTSegFormerSegmenter
 
 __all__ = [
     "CvTBackbone",
@@ -14,4 +15,5 @@ __all__ = [
     "CvTImageClassifierPreprocessor",
     "CvTImageConverter",
     "CvTLayer",
+    "CvTSegFormerSegmenter",
 ]

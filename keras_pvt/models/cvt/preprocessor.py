@@ -8,8 +8,8 @@ from keras import ops
 from keras_hub.layers import ImageConverter
 
 from keras_pvt.models.cvt.backbone import CvTBackbone
-from keras_pvt.models.pvt_v2.preprocessor import imagenet_scale_offset
 from keras_pvt.tasks.classifier import PyramidImageClassifierPreprocessor
+from keras_pvt.tasks.preprocessing import imagenet_scale_offset
 
 # transformers' ConvNext processor only crops below this size; larger sizes are warped.
 CROP_BELOW = 384

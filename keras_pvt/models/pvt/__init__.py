@@ -3,6 +3,7 @@
 from keras_pvt.models.pvt.backbone import ClassTokenSplit, PVTBackbone
 from keras_pvt.models.pvt.classifier import PVTClassifier
 from keras_pvt.models.pvt.preprocessor import PVTImageClassifierPreprocessor, PVTImageConverter
+from keras_pvt.models.pvt.segmenter import PVTSegFormerSegmenter
 
 __all__ = [
     "ClassTokenSplit",
@@ -10,4 +11,5 @@ __all__ = [
     "PVTClassifier",
     "PVTImageClassifierPreprocessor",
     "PVTImageConverter",
+    "PVTSegFormerSegmenter",
 ]

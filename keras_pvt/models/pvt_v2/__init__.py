@@ -6,10 +6,12 @@ from keras_pvt.models.pvt_v2.preprocessor import (
     PVTv2ImageClassifierPreprocessor,
     PVTv2ImageConverter,
 )
+from keras_pvt.models.pvt_v2.segmenter import PVTv2SegFormerSegmenter
 
 __all__ = [
     "PVTv2Backbone",
     "PVTv2Classifier",
     "PVTv2ImageClassifierPreprocessor",
     "PVTv2ImageConverter",
+    "PVTv2SegFormerSegmenter",
 ]
