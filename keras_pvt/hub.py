@@ -246,6 +246,23 @@ def _is_keras_preset(directory: Path) -> bool:
 
 # --- Resolution ------------------------------------------------------------------------------
 
+_WARNED_LICENSES: set[str] = set()
+
+
+def warn_license(name: str, preset) -> None:
+    """Warns once per process per licence when a preset's weights may not be used
+    commercially."""
+    license = preset.license
+    if license.commercial or license.name in _WARNED_LICENSES:
+        return
+    _WARNED_LICENSES.add(license.name)
+    warnings.warn(
+        f"{name}: the weights of {preset.hf_repo} are under the {license.name}, for "
+        f"non-commercial use only (research or evaluation): {license.url}",
+        UserWarning, stacklevel=4,
+    )
+
+
 
 def parse_hf_handle(handle: str) -> tuple[str, str | None]:
     """`(repo_id, revision)` of `hf://owner/repo[@revision]`; `PresetError` for anything
@@ -268,6 +285,7 @@ def resolve(handle: str, cls=None):
     if handle in presets:
         family, preset = presets[handle]
         check_family(family, cls, f"Preset {handle!r}")
+        warn_license(handle, preset)
         entry = cache_root() / handle
         yield str(cached_conversion(
             entry, lambda: download_checkpoint(preset.hf_repo, handle), preset.hf_repo
@@ -275,6 +293,9 @@ def resolve(handle: str, cls=None):
         return
     if handle.startswith("hf://"):
         repo_id, revision = parse_hf_handle(handle)
+        known = [(n, p) for n, (_, p) in presets.items() if p.hf_repo == repo_id]
+        if known:
+            warn_license(*known[0])
         folder = download_checkpoint(repo_id, handle, revision)
         if _is_keras_preset(folder):
             if revision is None:
@@ -325,7 +346,14 @@ def task_class(handle: str, task: str = "classifier") -> type:
     handle = os.fspath(handle)
     presets = all_presets()
     if handle in presets:
-        return presets[handle][0].task(task).model_cls
+        family, preset = presets[handle]
+        found = next((t for t in family.tasks if t.name == preset.task), None)
+        if preset.task != task or found is None:
+            what = "a bare backbone" if preset.task == "backbone" else f"a {preset.task}"
+            others = sorted(name for name, (_, p) in presets.items() if p.task == task)
+            hint = f" {task.capitalize()} presets: {', '.join(others)}." if others else ""
+            raise PresetError(f"{handle}: is {what} preset, not a {task} with its head.{hint}")
+        return found.model_cls
     if handle.startswith("hf://"):
         repo_id, revision = parse_hf_handle(handle)
         path = download_checkpoint(repo_id, handle, revision)

@@ -1,7 +1,7 @@
 """Export on every backend: TF SavedModel (any batch, any image size; reloaded where
 keras_pvt cannot be imported), ONNX (onnxruntime) and LiteRT/TFLite (the TFLite
-interpreter), for a b0-structured (small widths) and a b2-linear (adaptive pooling) model;
-a clear error naming the backend to use where a format cannot be produced."""
+interpreter), for a b0-structured (small widths) and a b2-linear (adaptive pooling)
+classifier and a SegFormer segmenter (dynamic-size bilinear resizes); a clear error naming the backend to use where a format cannot be produced."""
 
 import importlib.util
 import json
@@ -36,11 +36,16 @@ LITERT_BACKENDS = ("tensorflow",) + (("torch",) if importlib.util.find_spec("lit
                                      else ())
 
 
-@pytest.fixture(scope="module", params=sorted(CONFIGS))
+@pytest.fixture(scope="module", params=[*sorted(CONFIGS), "segformer"])
 def classifier(request):
+    """A classifier per config, and a SegFormer segmenter (stride-4 logits)."""
     keras.utils.set_random_seed(0)
-    model = keras_pvt.PVTv2Classifier(backbone=tiny_backbone(CONFIGS[request.param]),
-                                      num_classes=5)
+    if request.param == "segformer":
+        model = keras_pvt.SegFormerSegmenter(backbone=tiny_backbone("tiny"), num_classes=5,
+                                             decoder_hidden_size=16)
+    else:
+        model = keras_pvt.PVTv2Classifier(backbone=tiny_backbone(CONFIGS[request.param]),
+                                          num_classes=5)
     return request.param, randomize_keras_norms(model)
 
 

@@ -157,7 +157,8 @@ def build_from_checkpoint(checkpoint: Checkpoint, model_cls=None):
     check_family(family, model_cls, checkpoint.path)
     task = detect_task(family, layout, state_dict)
     table = family.table(layout, task)
-    from_config = layout == "transformers" and bool(checkpoint.config)
+    # (a transformers config.json names its model_type; timm's names its architecture)
+    from_config = "model_type" in (checkpoint.config or {})
     # The architecture comes from config.json when there is one, else from the weights'
     # shapes; either way a bad value is reported against the file it came from.
     where = checkpoint.path / "config.json" if from_config else checkpoint.weights_path

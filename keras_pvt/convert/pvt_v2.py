@@ -186,11 +186,14 @@ def backbone_kwargs_from_weights(state_dict: dict, layout: str) -> dict:
     linear = reduction is not None and reduction.shape[-1] == 1
     if linear:
         kwargs["sr_ratios"] = [8, 4, 2, 1][:num_stages]
+    # SegFormer uses nn.LayerNorm's 1e-5 everywhere.
+    epsilons = {"layer_norm_epsilon": 1e-5} if layout == "segformer" else {}
     return {
         **kwargs,
         "strides": [4, 2, 2, 2][:num_stages],
         "linear_attention": linear,
         **_REFERENCE_EPSILONS,
+        **epsilons,
     }
 
 

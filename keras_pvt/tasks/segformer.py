@@ -73,12 +73,26 @@ class SegFormerSegmenterPreprocessor(ImageSegmenterPreprocessor):
             if len(y.shape) == len(x.shape) - 1:
                 y = y[..., None]  # keras' Resizing needs a channel axis
             if self.reduce_labels:
-                # 0 -> 255, k -> k - 1 (modulo 256, in the mask's own integer type)
-                y = (y + 255) % 256
+                y = reduce_labels(y)
         return super().call(x, y, sample_weight)
 
     def get_config(self):
         return {**super().get_config(), "reduce_labels": self.reduce_labels}
+
+
+def reduce_labels(masks):
+    """ADE20K's label reduction: 0 ("other") -> 255 (ignored), 255 stays, k -> k - 1.
+
+    Works on NumPy arrays and on the TensorFlow tensors of keras-hub's `tf.data`
+    preprocessing (the path `fit` takes on every backend).
+    """
+    if type(masks).__module__.startswith("tensorflow"):
+        import tensorflow as tf
+
+        masks = tf.cast(masks, "int32")
+        return tf.where((masks == 0) | (masks == IGNORE_INDEX), IGNORE_INDEX, masks - 1)
+    masks = np.asarray(masks).astype("int32")
+    return np.where((masks == 0) | (masks == IGNORE_INDEX), IGNORE_INDEX, masks - 1)
 
 
 class SegFormerSegmenter(PythonDataMixin, PresetMixin, ImageSegmenter):
@@ -86,8 +100,9 @@ class SegFormerSegmenter(PythonDataMixin, PresetMixin, ImageSegmenter):
     backbone: PVT v2 (SegFormer's own Mix Transformer), PVT v1 or CvT.
 
     `model(images)` maps a normalised NHWC batch of any size (at least the backbone's
-    `minimum_image_size()`) to logits `(batch, ceil(H / 4), ceil(W / 4), num_classes)` -- the
-    backbone's finest pyramid level. `segment(images)` gives class ids at each raw image's
+    `minimum_image_size()`) to logits `(batch, H / 4, W / 4, num_classes)` at the backbone's
+    finest pyramid level (rounded as its first patch embedding does: up for PVT v2 and
+    SegFormer, as transformers' `logits`). `segment(images)` gives class ids at each raw image's
     own size. `fit` takes images and integer masks of the images' size; the default loss
     (`SegmentationLoss`) upsamples the logits to the masks and ignores label
     `ignore_index`, and the default metric is the mean IoU.

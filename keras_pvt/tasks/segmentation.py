@@ -19,6 +19,7 @@ IGNORE_INDEX = 255  # ADE20K's `reduce_labels` convention: 0 ("other") becomes 2
 
 def mask_labels(y_true):
     """Integer `(batch, height, width)` labels from masks with or without a channel axis."""
+    y_true = ops.convert_to_tensor(y_true)
     if len(y_true.shape) == 4:
         y_true = ops.squeeze(y_true, axis=-1)
     return ops.cast(y_true, "int32")
@@ -26,7 +27,7 @@ def mask_labels(y_true):
 
 def logits_at(logits, size):
     """The logits resized bilinearly (torch `align_corners=False`) to `(height, width)`."""
-    return bilinear_resize(logits, size, axis=1)
+    return bilinear_resize(ops.convert_to_tensor(logits), size, axis=1)
 
 
 @keras.saving.register_keras_serializable(package="keras_pvt")
