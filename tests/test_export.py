@@ -1,7 +1,8 @@
 """Export on every backend: TF SavedModel (any batch, any image size; reloaded where
 keras_pvt cannot be imported), ONNX (onnxruntime) and LiteRT/TFLite (the TFLite
 interpreter), for a b0-structured (small widths) and a b2-linear (adaptive pooling)
-classifier and a SegFormer segmenter (dynamic-size bilinear resizes); a clear error naming the backend to use where a format cannot be produced."""
+classifier and a SegFormer segmenter (dynamic-size bilinear resizes); a clear error naming
+the backend to use where a format cannot be produced."""
 
 import importlib.util
 import json

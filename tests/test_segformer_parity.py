@@ -46,21 +46,27 @@ def test_segmenter_parity(segformer_b0, record_delta, batch, height, width):
 
 
 def test_segment_matches_transformers_post_processing(segformer_b0):
-    """`segment()` = bilinear upsampling of the logits to each image's size, then argmax."""
+    """`segment()`: preprocess, then bilinear upsampling of the logits to each image's own
+    size and argmax, as transformers' `post_process_semantic_segmentation`."""
     from transformers import SegformerImageProcessor
 
     reference, model, _ = segformer_b0
-    model = keras_pvt.SegFormerSegmenter(  # the same weights, no preprocessing
-        backbone=model.backbone, num_classes=model.num_classes,
+    preprocessor = keras_pvt.SegFormerSegmenterPreprocessor(
+        keras_pvt.SegFormerImageConverter(image_size=(64, 96)))
+    model = keras_pvt.SegFormerSegmenter(  # the same weights, another input size
+        backbone=model.backbone, num_classes=model.num_classes, preprocessor=preprocessor,
         decoder_hidden_size=model.decoder_hidden_size,
     )
     model.set_weights(segformer_b0[1].get_weights())
-    x = [images(1, 96, 128, seed=1)[0], images(1, 75, 61, seed=2)[0]]
-    got = model.segment(x)
+    rng = np.random.default_rng(0)
+    raw = [rng.integers(0, 256, (96, 128, 3)).astype("uint8"),
+           rng.integers(0, 256, (75, 61, 3)).astype("uint8")]
+    got = model.segment(raw)
     processor = SegformerImageProcessor()
-    for image, mask in zip(x, got):
+    for image, mask in zip(raw, got):
+        x = keras.ops.convert_to_numpy(preprocessor(image[None].astype("float32")))
         with torch.no_grad():
-            outputs = reference(to_torch(image[None]))
+            outputs = reference(to_torch(np.asarray(x)))
         want = processor.post_process_semantic_segmentation(
             outputs, target_sizes=[image.shape[:2]])[0].numpy()
         assert mask.shape == want.shape == image.shape[:2]
@@ -74,11 +80,11 @@ def test_mit_classifier_and_bare_encoder(tmp_path, record_delta):
     reference = hf_segformer("tiny", "classification", num_labels=10)
     reference.save_pretrained(tmp_path / "cls")
     model = keras_pvt.PVTv2Classifier.from_preset(str(tmp_path / "cls"))
-    x = images(2, 97, 131, seed=3)
+    x = images(2, 64, 96, seed=3)
     with torch.no_grad():
         want = reference(to_torch(x)).logits.numpy()
     delta = relative_delta(keras.ops.convert_to_numpy(model(x)), want)
-    record_delta("MiT (SegformerForImageClassification) tiny 97x131 logits (relative)", delta)
+    record_delta("MiT (SegformerForImageClassification) tiny 64x96 logits (relative)", delta)
     assert delta < 1e-4
     assert model.class_names == [f"label_{i}" for i in range(10)]
 
@@ -88,7 +94,7 @@ def test_mit_classifier_and_bare_encoder(tmp_path, record_delta):
     with torch.no_grad():
         want = nchw_to_nhwc(encoder(to_torch(x)).last_hidden_state)
     delta = relative_delta(keras.ops.convert_to_numpy(backbone(x)), want)
-    record_delta("SegformerModel tiny 97x131 last stage (relative)", delta)
+    record_delta("SegformerModel tiny 64x96 last stage (relative)", delta)
     assert delta < 1e-4
 
 
@@ -139,3 +145,50 @@ def test_preprocessing_from_the_image_processor(tmp_path):
         np.asarray(keras.ops.convert_to_numpy(y))[0, ..., 0], want["labels"][0])
     np.testing.assert_allclose(
         keras.ops.convert_to_numpy(x)[0], want["pixel_values"][0].transpose(1, 2, 0), atol=1e-4)
+
+
+NAMED = """
+import sys, numpy as np, keras, keras_pvt
+x = np.load(sys.argv[1])
+first = keras_pvt.SegFormerSegmenter.from_preset("segformer_b0_ade")
+again = keras_pvt.SegFormerSegmenter.from_preset("segformer_b0_ade")  # the converted cache
+mit = keras_pvt.PVTv2Classifier.from_preset("mit_b0")
+np.save(sys.argv[2], keras.ops.convert_to_numpy(again(x)))
+np.save(sys.argv[3], keras.ops.convert_to_numpy(mit(x)))
+print(type(first).__name__, first.class_names[1], first.preprocessor.reduce_labels,
+      mit.class_names[1])
+"""
+
+
+def test_named_presets_offline_with_their_licence(tmp_path, record_delta):
+    """`segformer_b0_ade` and `mit_b0` from a temporary offline HF cache; the licence
+    (non-commercial) is named once per process."""
+    import sys
+
+    from transformers import SegformerImageProcessor
+
+    from tests.helpers.hub_cache import offline_env, place_in_hf_cache, run
+
+    hf_cache = tmp_path / "hf"
+    segmenter = hf_segformer("tiny", "segmentation", num_labels=150)
+    segmenter.save_pretrained(tmp_path / "ade")
+    SegformerImageProcessor(do_reduce_labels=True).save_pretrained(tmp_path / "ade")
+    place_in_hf_cache(hf_cache, "nvidia/segformer-b0-finetuned-ade-512-512", tmp_path / "ade")
+    classifier = hf_segformer("tiny", "classification", num_labels=1000)
+    classifier.save_pretrained(tmp_path / "mit")
+    place_in_hf_cache(hf_cache, "nvidia/mit-b0", tmp_path / "mit")
+    x = images(1, 64, 80)
+    np.save(tmp_path / "x.npy", x)
+    result = run([sys.executable, "-c", NAMED, *(str(tmp_path / f) for f in
+                                               ("x.npy", "seg.npy", "mit.npy"))],
+                 offline_env(hf_cache, tmp_path / "keras"))
+    assert result.stdout.split() == ["PVTv2SegFormerSegmenter", "label_1", "True", "label_1"]
+    assert result.stderr.count("NVIDIA Source Code License for SegFormer") == 1
+    assert "non-commercial" in result.stderr
+    with torch.no_grad():
+        want_seg = nchw_to_nhwc(segmenter(to_torch(x)).logits)
+        want_mit = classifier(to_torch(x)).logits.numpy()
+    delta = relative_delta(np.load(tmp_path / "seg.npy"), want_seg)
+    record_delta("named preset segformer_b0_ade (offline HF cache) logits (relative)", delta)
+    assert delta < 1e-4
+    assert relative_delta(np.load(tmp_path / "mit.npy"), want_mit) < 1e-4
