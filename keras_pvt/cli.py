@@ -1,4 +1,20 @@
-"""The `keras-pvt` command: `predict`, `convert`, `presets`."""
+"""The `keras-pvt` command.
+
+    keras-pvt predict [IMAGE ...] [--preset pvt_v2_b0] [--top 5] [--json]
+        classify images (the bundled sample image if none is given).
+    keras-pvt segment [IMAGE ...] [--preset segformer_b0_ade] --output DIR [--top 3] [--json]
+        segment images: writes DIR/<stem>_mask.png (class ids; 8-bit, or 16-bit beyond 256
+        classes) and DIR/<stem>_overlay.png (the image with a colour per class and a legend).
+    keras-pvt convert SOURCE OUTPUT_DIR
+        convert a checkpoint (preset name, hf://owner/repo, directory or file) to a keras-hub
+        preset.
+    keras-pvt presets [-v]
+        list the built-in presets.
+
+A preset is a name from `keras-pvt presets`, `hf://owner/repo` or a local path. Errors (an
+unreadable image, an unknown preset, a preset without the command's head) print one line
+starting `keras-pvt:` on stderr and exit with status 2.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +32,10 @@ def sample_image_path() -> Path:
     return Path(str(resources.files("keras_pvt") / "assets" / SAMPLE_IMAGE))
 
 
+class ImageError(Exception):
+    """An image the command cannot read."""
+
+
 def _load_image(path: Path):
     import numpy as np
     from PIL import Image, UnidentifiedImageError
@@ -23,8 +43,20 @@ def _load_image(path: Path):
     try:
         with Image.open(path) as image:
             return np.asarray(image.convert("RGB"))
-    except (FileNotFoundError, UnidentifiedImageError, OSError) as error:
-        raise SystemExit(f"keras-pvt: cannot read image {path}: {error}") from error
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise ImageError(f"cannot read image {path}: {error}") from error
+
+
+def _check_images(paths) -> None:
+    """Fails early (before a model is loaded) on paths that are not images."""
+    from PIL import Image, UnidentifiedImageError
+
+    for path in paths:
+        try:
+            with Image.open(path):
+                pass
+        except (UnidentifiedImageError, OSError, ValueError) as error:
+            raise ImageError(f"cannot read image {path}: {error}") from error
 
 
 def cmd_predict(args) -> int:
@@ -36,14 +68,19 @@ def cmd_predict(args) -> int:
 
     images = args.images or [sample_image_path()]
     try:
+        _check_images(images)
         # The family and task come from the preset name or the checkpoint itself.
         model = hub.task_class(args.preset, "classifier").from_preset(args.preset)
-    except (PresetError, CheckpointError) as error:
+    except (ImageError, PresetError, CheckpointError) as error:
         print(f"keras-pvt: {error}", file=sys.stderr)
         return 2
     results = []
     for path in images:
-        pixels = _load_image(Path(path))
+        try:
+            pixels = _load_image(Path(path))
+        except ImageError as error:
+            print(f"keras-pvt: {error}", file=sys.stderr)
+            return 2
         logits = model.predict(pixels[None], verbose=0)
         top = model.decode_predictions(logits, top=args.top)[0]
         results.append({"image": str(path), "top": [
@@ -55,6 +92,143 @@ def cmd_predict(args) -> int:
         print(f"{result['image']}  ({args.preset}, {keras.backend.backend()} backend)")
         for rank, item in enumerate(result["top"], 1):
             print(f"  {rank}. {item['probability']:7.2%}  {item['label']}  [{item['index']}]")
+    return 0
+
+
+# --- segment ---------------------------------------------------------------------------------
+
+def class_colors(num_classes: int):
+    """A distinct RGB colour per class id (PASCAL VOC's bit-interleaved colour map, from id
+    1 on so that no class is black)."""
+    import numpy as np
+
+    ids = np.arange(1, num_classes + 1)
+    colors = np.zeros((num_classes, 3), dtype=np.int64)
+    for shift in range(8):
+        for channel in range(3):
+            colors[:, channel] |= ((ids >> (3 * shift + channel)) & 1) << (7 - shift)
+    return colors.astype(np.uint8)
+
+
+def class_label(class_names, index: int) -> str:
+    return class_names[index] if class_names is not None else f"class_{index}"
+
+
+def class_shares(mask, class_names) -> list[dict]:
+    """The classes present in `mask`, largest pixel share first."""
+    import numpy as np
+
+    ids, counts = np.unique(mask, return_counts=True)
+    order = np.lexsort((ids, -counts))
+    return [
+        {"index": int(ids[i]), "label": class_label(class_names, int(ids[i])),
+         "fraction": float(counts[i]) / mask.size}
+        for i in order
+    ]
+
+
+def mask_image(mask, num_classes: int):
+    """The class-id mask as a PNG-ready image: 8-bit "L" up to 256 classes, else "I;16"."""
+    import numpy as np
+    from PIL import Image
+
+    dtype = np.uint8 if num_classes <= 256 else np.uint16
+    return Image.fromarray(np.ascontiguousarray(mask.astype(dtype)))
+
+
+def overlay_image(pixels, mask, classes: list[dict], colors, alpha: float = 0.5):
+    """`pixels` blended with a colour per class, with a legend of the classes present."""
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFont
+
+    blended = pixels.astype(np.float32) * (1 - alpha) + colors[mask].astype(np.float32) * alpha
+    image = Image.fromarray(np.clip(blended + 0.5, 0, 255).astype(np.uint8), "RGB")
+    height, width = mask.shape
+    size = max(10, min(height, width) // 24)
+    try:
+        font = ImageFont.load_default(size)
+    except (TypeError, ValueError, OSError):  # Pillow without FreeType
+        font = ImageFont.load_default()
+    draw = ImageDraw.Draw(image, "RGBA")
+    pad = max(1, size // 4)
+    row = size + pad
+    rows = classes[: max(1, (height - pad) // row)]
+    widths = [draw.textlength(item["label"], font=font) for item in rows]
+    box = (0, 0, int(pad * 3 + size + max(widths)) + 1, pad + row * len(rows))
+    draw.rectangle(box, fill=(0, 0, 0, 160))
+    for k, item in enumerate(rows):
+        top = pad + k * row
+        swatch = [pad, top, pad + size - 1, top + size - 1]
+        draw.rectangle(swatch, fill=tuple(int(c) for c in colors[item["index"]]) + (255,),
+                       outline=(255, 255, 255, 255))
+        draw.text((pad * 2 + size, top), item["label"], fill=(255, 255, 255, 255), font=font)
+    return image
+
+
+def _output_stems(paths) -> list[str]:
+    """One stem per image, unique: a second `a.jpg` (in another folder) becomes `a_1`."""
+    stems, used = [], set()
+    for path in paths:
+        stem = base = Path(path).stem or "image"
+        n = 0
+        while stem in used:
+            n += 1
+            stem = f"{base}_{n}"
+        used.add(stem)
+        stems.append(stem)
+    return stems
+
+
+def cmd_segment(args) -> int:
+    from keras_pvt import hub
+    from keras_pvt.checkpoints import CheckpointError
+    from keras_pvt.hub import PresetError
+
+    images = args.images or [sample_image_path()]
+    try:
+        _check_images(images)
+        if args.output.exists() and not args.output.is_dir():
+            raise NotADirectoryError(f"--output {args.output} exists and is not a directory")
+        # The family comes from the preset name or the checkpoint itself.
+        model = hub.task_class(args.preset, "segmenter").from_preset(args.preset)
+    except (ImageError, NotADirectoryError, PresetError, CheckpointError) as error:
+        print(f"keras-pvt: {error}", file=sys.stderr)
+        return 2
+    try:
+        args.output.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        print(f"keras-pvt: cannot create --output {args.output}: {error}", file=sys.stderr)
+        return 2
+    colors = class_colors(model.num_classes)
+    names = getattr(model, "class_names", None)
+    results = []
+    # One image at a time: a single input shape (no recompiling per batch size on JAX), and
+    # one image in memory.
+    for path, stem in zip(images, _output_stems(images)):
+        try:
+            pixels = _load_image(Path(path))
+        except ImageError as error:
+            print(f"keras-pvt: {error}", file=sys.stderr)
+            return 2
+        mask = model.segment(pixels)
+        classes = class_shares(mask, names)
+        mask_path = args.output / f"{stem}_mask.png"
+        overlay_path = args.output / f"{stem}_overlay.png"
+        try:
+            mask_image(mask, model.num_classes).save(mask_path)
+            overlay_image(pixels, mask, classes, colors).save(overlay_path)
+        except OSError as error:
+            print(f"keras-pvt: cannot write to {args.output}: {error}", file=sys.stderr)
+            return 2
+        results.append({"image": str(path), "mask": str(mask_path),
+                        "overlay": str(overlay_path), "classes": classes})
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for result in results:
+        top = ", ".join(f"{item['label']} {item['fraction']:.1%}"
+                        for item in result["classes"][:args.top])
+        print(f"{result['image']} -> {result['mask']}, {result['overlay']}  [{top}]")
     return 0
 
 
@@ -75,20 +249,22 @@ def cmd_convert(args) -> int:
 def cmd_presets(args) -> int:
     from keras_pvt import hub
 
-    rows = [(name, p.params, p.hf_repo, p.description)
-            for name, (_, p) in hub.all_presets().items()]
-    width = max(len(r[0]) for r in rows)
-    print(f"{'preset':{width}s}  {'params':>12s}  source")
-    for name, params, repo, description in rows:
-        print(f"{name:{width}s}  {params:12,d}  hf://{repo}")
+    presets = hub.all_presets()
+    width = max(len(name) for name in presets)
+    print(f"{'preset':{width}s}  {'task':10s}  {'params':>12s}  source")
+    for name, (_, preset) in presets.items():
+        print(f"{name:{width}s}  {preset.task:10s}  {preset.params:12,d}  hf://{preset.hf_repo}")
         if args.verbose:
-            print(f"{'':{width}s}  {description}")
+            print(f"{'':{width}s}  {preset.description}")
+            print(f"{'':{width}s}  licence: {preset.license.describe()}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="keras-pvt", description="Pyramid Vision Transformers for Keras 3."
+        prog="keras-pvt",
+        description="Pyramid Vision Transformers for Keras 3: classify or segment images, "
+        "convert checkpoints, list presets.",
     )
     parser.add_argument(
         "--backend", choices=["tensorflow", "jax", "torch"],
@@ -98,10 +274,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser("predict", help="classify images (a sample if none given)")
     predict.add_argument("images", nargs="*", type=Path, help="image files (default: a sample)")
-    predict.add_argument("--preset", default="pvt_v2_b0", help="preset name, hf:// or path")
+    predict.add_argument("--preset", default="pvt_v2_b0",
+                         help="classifier preset name, hf:// or path (default: %(default)s)")
     predict.add_argument("--top", type=int, default=5, help="classes to show per image")
     predict.add_argument("--json", action="store_true", help="print JSON")
     predict.set_defaults(func=cmd_predict)
+
+    segment = commands.add_parser(
+        "segment", help="segment images into class masks and overlays (a sample if none given)",
+        description="For each image, writes DIR/<stem>_mask.png (per-pixel class ids: 8-bit, "
+        "or 16-bit beyond 256 classes) and DIR/<stem>_overlay.png (the image with a colour per "
+        "class and a legend of the classes present); a repeated stem gets a suffix (_1, _2...). "
+        "Prints the files and the largest classes of each image.",
+    )
+    segment.add_argument("images", nargs="*", type=Path, help="image files (default: a sample)")
+    segment.add_argument("--preset", default="segformer_b0_ade",
+                         help="segmenter preset name, hf:// or path (default: %(default)s)")
+    segment.add_argument("--output", "-o", type=Path, required=True, metavar="DIR",
+                         help="directory for the masks and overlays (created if missing)")
+    segment.add_argument("--top", type=int, default=3,
+                         help="classes to show per image, by pixel share (default: %(default)s)")
+    segment.add_argument("--json", action="store_true",
+                         help="print JSON: image, mask, overlay and every class present")
+    segment.set_defaults(func=cmd_segment)
 
     convert = commands.add_parser("convert", help="convert a checkpoint to a keras-hub preset")
     convert.add_argument("source", help="preset name, hf://owner/repo, directory or file")

@@ -162,3 +162,19 @@ def test_sample_image_ships_with_the_package():
 
     assert sample_image_path().is_file()
     assert Path(REPO_ROOT / "keras_pvt" / "assets" / "grace_hopper.jpg").is_file()
+
+
+def test_cli_presets_verbose_names_task_and_licence(tmp_path):
+    """`keras-pvt presets -v` through the installed script: every preset's task and licence."""
+    script = Path(sys.executable).parent / "keras-pvt"
+    result = run([str(script), "presets", "-v"], offline_env(tmp_path / "hf", tmp_path / "k"))
+    lines = result.stdout.splitlines()
+    rows = {line.split()[0]: line.split() for line in lines[1:] if not line.startswith(" ")}
+    assert set(rows) == set(hub.all_presets())
+    assert rows["segformer_b0_ade"][1] == "segmenter" and rows["mit_b0"][1] == "classifier"
+    licences = [line.strip() for line in lines if line.strip().startswith("licence:")]
+    assert len(licences) == len(rows)
+    assert sum("NVIDIA Source Code License for SegFormer (non-commercial" in line
+               for line in licences) == 18
+    assert sum(line.startswith("licence: Apache-2.0") for line in licences) == 11
+    assert sum(line.startswith("licence: MIT") for line in licences) == 7

@@ -167,7 +167,7 @@ def test_named_presets_offline_with_their_licence(tmp_path, record_delta):
 
     from transformers import SegformerImageProcessor
 
-    from tests.helpers.hub_cache import offline_env, place_in_hf_cache, run
+    from tests.helpers.hub_cache import REPO_ROOT, offline_env, place_in_hf_cache, run
 
     hf_cache = tmp_path / "hf"
     segmenter = hf_segformer("tiny", "segmentation", num_labels=150)
@@ -192,3 +192,32 @@ def test_named_presets_offline_with_their_licence(tmp_path, record_delta):
     record_delta("named preset segformer_b0_ade (offline HF cache) logits (relative)", delta)
     assert delta < 1e-4
     assert relative_delta(np.load(tmp_path / "mit.npy"), want_mit) < 1e-4
+
+    # README's segmentation example, as written, on the same offline presets.
+    readme = (REPO_ROOT / "README.md").read_text().split("## Segmentation", 1)[1]
+    code = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    result = run([sys.executable, "-c", code], offline_env(hf_cache, tmp_path / "keras"))
+    assert "label_" in result.stdout and "mean_iou" in result.stdout, result.stdout
+
+
+def test_preset_parameter_counts_match_transformers():
+    from transformers import (
+        SegformerConfig,
+        SegformerForImageClassification,
+        SegformerForSemanticSegmentation,
+    )
+
+    depths = [[2, 2, 2, 2], [2, 2, 2, 2], [3, 4, 6, 3], [3, 4, 18, 3], [3, 8, 27, 3],
+              [3, 6, 40, 3]]
+    presets = keras_pvt.PVTv2Backbone.presets
+    for b in range(6):
+        sizes = dict(hidden_sizes=[32, 64, 160, 256] if b == 0 else [64, 128, 320, 512],
+                     depths=depths[b], decoder_hidden_size=256 if b < 2 else 768)
+        for name, model_cls, labels in (
+                (f"mit_b{b}", SegformerForImageClassification, 1000),
+                (f"segformer_b{b}_ade", SegformerForSemanticSegmentation, 150),
+                (f"segformer_b{b}_cityscapes", SegformerForSemanticSegmentation, 19)):
+            with torch.device("meta"):
+                reference = model_cls(SegformerConfig(num_labels=labels, **sizes))
+            assert presets[name]["params"] == sum(p.numel() for p in reference.parameters())
+            assert "non-commercial" in presets[name]["license"]

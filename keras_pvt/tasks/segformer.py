@@ -317,13 +317,18 @@ class SegFormerSegmenter(PythonDataMixin, PresetMixin, ImageSegmenter):
         for indices in by_shape.values():
             for start in range(0, len(indices), batch_size):
                 chunk = indices[start:start + batch_size]
-                logits = self(np.stack([inputs[i] for i in chunk]), training=False)
+                # keras' compiled predict step (one trace per input shape), without the
+                # preprocessing keras-hub's `predict_on_batch` would run again
+                logits = keras.Model.predict_on_batch(self, np.stack([inputs[i] for i in chunk]))
+                by_size = {}
                 for row, index in enumerate(chunk):
-                    height, width = items[index].shape[:2]
-                    upsampled = logits_at(logits[row:row + 1], (height, width))
-                    masks[index] = ops.convert_to_numpy(
-                        ops.argmax(upsampled[0], axis=-1)
-                    ).astype("int32")
+                    by_size.setdefault(items[index].shape[:2], []).append((row, index))
+                for (height, width), rows in by_size.items():
+                    picked = ops.take(logits, [row for row, _ in rows], axis=0)
+                    upsampled = logits_at(picked, (height, width))
+                    classes = ops.convert_to_numpy(ops.argmax(upsampled, axis=-1))
+                    for position, (_, index) in enumerate(rows):
+                        masks[index] = classes[position].astype("int32")
         if single:
             return masks[0]
         if isinstance(images, np.ndarray):
