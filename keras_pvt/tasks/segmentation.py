@@ -79,10 +79,27 @@ class SegmentationMeanIoU(keras.metrics.MeanIoU):
         self.ignore_index = ignore_index
 
     def update_state(self, y_true, y_pred, sample_weight=None):
+        # The confusion matrix as one segment sum over `true * n + predicted` (keras'
+        # `MeanIoU` scatters, which the PyTorch backend runs as a Python loop per pixel).
         labels = mask_labels(y_true)
         shape = ops.shape(labels)
         predicted = ops.argmax(logits_at(y_pred, (shape[1], shape[2])), axis=-1)
-        return super().update_state(labels, predicted, sample_weight)
+        n = self.num_classes
+        valid = ops.logical_and(
+            ops.logical_and(ops.greater_equal(labels, 0), ops.less(labels, n)),
+            ops.not_equal(labels, self.ignore_index),
+        )
+        weights = ops.cast(valid, "float32")
+        if sample_weight is not None:
+            sample_weight = ops.cast(ops.convert_to_tensor(sample_weight), "float32")
+            if len(sample_weight.shape) == 1:  # one weight per image
+                sample_weight = ops.reshape(sample_weight, (-1, 1, 1))
+            weights = weights * sample_weight
+        cells = ops.where(valid, labels * n + ops.cast(predicted, "int32"), 0)
+        counts = ops.segment_sum(ops.reshape(weights, (-1,)), ops.reshape(cells, (-1,)),
+                                 num_segments=n * n)
+        counts = ops.cast(ops.reshape(counts, (n, n)), self.total_cm.dtype)
+        return self.total_cm.assign(self.total_cm + counts)
 
     def get_config(self):
         return {"num_classes": self.num_classes, "ignore_index": self.ignore_index,
