@@ -91,9 +91,10 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_manifest(directory: Path, source: str) -> None:
+def _write_manifest(directory: Path, source: str, license: str | None = None) -> None:
     files = {p.name: _sha256(p) for p in sorted(directory.iterdir()) if p.is_file()}
-    (directory / MANIFEST).write_text(json.dumps({"source": source, "files": files}, indent=2))
+    manifest = {"source": source, **({"license": license} if license else {}), "files": files}
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2))
 
 
 def verify_entry(directory: Path) -> str | None:
@@ -133,11 +134,12 @@ def _remove_stale_staging(entry: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def cached_conversion(entry: Path, fetch, description: str) -> Path:
+def cached_conversion(entry: Path, fetch, description: str, license: str | None = None) -> Path:
     """Returns the verified cache entry `entry`, converting `fetch()`'s checkpoint if needed.
 
     `fetch` returns the local checkpoint path (it may download). The conversion is written to
-    a temporary sibling directory and renamed into place under a file lock.
+    a temporary sibling directory and renamed into place under a file lock; its manifest
+    records the source and, for named presets, the weights' licence.
     """
     entry.parent.mkdir(parents=True, exist_ok=True)
     if entry.is_dir() and verify_entry(entry) is None:
@@ -178,7 +180,7 @@ def cached_conversion(entry: Path, fetch, description: str) -> Path:
         staging = entry.parent / f".{entry.name}.tmp-{uuid.uuid4().hex}"
         try:
             convert_to_preset(source, staging)
-            _write_manifest(staging, description)
+            _write_manifest(staging, description, license)
             os.replace(staging, entry)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -288,7 +290,8 @@ def resolve(handle: str, cls=None):
         warn_license(handle, preset)
         entry = cache_root() / handle
         yield str(cached_conversion(
-            entry, lambda: download_checkpoint(preset.hf_repo, handle), preset.hf_repo
+            entry, lambda: download_checkpoint(preset.hf_repo, handle), preset.hf_repo,
+            license=preset.license.describe(),
         ))
         return
     if handle.startswith("hf://"):

@@ -3,6 +3,8 @@
 Checkpoints take the path real ones use: `save_pretrained`, then `from_preset(path)`.
 """
 
+import json
+
 import keras
 import numpy as np
 import pytest
@@ -184,6 +186,9 @@ def test_named_presets_offline_with_their_licence(tmp_path, record_delta):
                  offline_env(hf_cache, tmp_path / "keras"))
     assert result.stdout.split() == ["PVTv2SegFormerSegmenter", "label_1", "True", "label_1"]
     assert result.stderr.count("NVIDIA Source Code License for SegFormer") == 1
+    manifest = json.loads((tmp_path / "keras" / "keras_pvt" / "segformer_b0_ade" /
+                           "keras_pvt_manifest.json").read_text())
+    assert manifest["license"].startswith("NVIDIA Source Code License for SegFormer")
     assert "non-commercial" in result.stderr
     with torch.no_grad():
         want_seg = nchw_to_nhwc(segmenter(to_torch(x)).logits)
