@@ -135,11 +135,11 @@ def standard_heads(hidden_sizes: list, layout: str, family: str, backbone: str) 
 
 
 def backbone_kwargs_from_transformers(config: dict) -> dict:
-    """`PVTv2Backbone` arguments equal to a transformers `PvtV2Config` or `SegformerConfig`."""
-    if config.get("model_type") == "segformer":
-        return segformer.backbone_kwargs(config, sra_kwargs_from_transformers)
-    return {
-        **sra_kwargs_from_transformers(config, "PVT v2"),
+    """`PVTv2Backbone` arguments equal to a transformers `PvtV2Config` or `SegformerConfig`
+    (the same encoder; SegFormer's MLP ratio is 4 and its LayerNorms use eps 1e-5)."""
+    is_segformer = config.get("model_type") == "segformer"
+    kwargs = {
+        **sra_kwargs_from_transformers(config, "SegFormer" if is_segformer else "PVT v2"),
         "hidden_sizes": config.get("hidden_sizes", [32, 64, 160, 256]),
         "depths": config.get("depths", [2, 2, 2, 2]),
         "sr_ratios": config.get("sr_ratios", [8, 4, 2, 1]),
@@ -147,6 +147,9 @@ def backbone_kwargs_from_transformers(config: dict) -> dict:
         "strides": config.get("strides", [4, 2, 2, 2]),
         "linear_attention": config.get("linear_attention", False),
     }
+    if is_segformer:
+        kwargs.update(mlp_ratios=config.get("mlp_ratios", [4, 4, 4, 4]), **segformer.EPSILONS)
+    return kwargs
 
 
 def sra_kwargs_from_weights(table, state_dict: dict, layout: str, family: str,
@@ -186,14 +189,11 @@ def backbone_kwargs_from_weights(state_dict: dict, layout: str) -> dict:
     linear = reduction is not None and reduction.shape[-1] == 1
     if linear:
         kwargs["sr_ratios"] = [8, 4, 2, 1][:num_stages]
-    # SegFormer uses nn.LayerNorm's 1e-5 everywhere.
-    epsilons = {"layer_norm_epsilon": 1e-5} if layout == "segformer" else {}
     return {
         **kwargs,
         "strides": [4, 2, 2, 2][:num_stages],
         "linear_attention": linear,
-        **_REFERENCE_EPSILONS,
-        **epsilons,
+        **(segformer.EPSILONS if layout == "segformer" else _REFERENCE_EPSILONS),
     }
 
 

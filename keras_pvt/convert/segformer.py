@@ -42,24 +42,10 @@ def is_segformer(state_dict: dict) -> bool:
     return "encoder.patch_embeddings.0.proj.weight" in state_dict
 
 
-def backbone_kwargs(config: dict, sra_kwargs) -> dict:
-    """`PVTv2Backbone` arguments equal to a transformers `SegformerConfig`.
-
-    Every SegFormer LayerNorm is `nn.LayerNorm`'s default (eps 1e-5); the config's
-    `layer_norm_eps` is not used by the model.
-    """
-    return {
-        **sra_kwargs(config, "SegFormer"),
-        "mlp_ratios": config.get("mlp_ratios", [4, 4, 4, 4]),
-        "hidden_sizes": config.get("hidden_sizes", [32, 64, 160, 256]),
-        "depths": config.get("depths", [2, 2, 2, 2]),
-        "sr_ratios": config.get("sr_ratios", [8, 4, 2, 1]),
-        "patch_sizes": config.get("patch_sizes", [7, 3, 3, 3]),
-        "strides": config.get("strides", [4, 2, 2, 2]),
-        "layer_norm_epsilon": 1e-5,
-        "patch_norm_epsilon": 1e-5,
-        "reduction_norm_epsilon": 1e-5,
-    }
+# Every SegFormer LayerNorm is `nn.LayerNorm`'s default; the config's `layer_norm_eps` is not
+# used by the model.
+EPSILONS = {"layer_norm_epsilon": 1e-5, "patch_norm_epsilon": 1e-5,
+            "reduction_norm_epsilon": 1e-5}
 
 
 LICENSE = License(

@@ -314,6 +314,8 @@ class PresetMixin(ExportMixin, ImageInputMixin):
             **kwargs: forwarded to keras-hub, e.g. `num_classes=N` for a new head,
                 `dtype="mixed_bfloat16"`, `image_shape=(224, 224, 3)`.
         """
+        if "num_classes" in kwargs and "class_names" in inspect.signature(cls.__init__).parameters:
+            kwargs.setdefault("class_names", None)  # a new head: no names unless given
         with _preset_resolver.resolve(preset, cls) as local_preset:
             _check_task_kind(cls, preset, local_preset, kwargs)
             return super().from_preset(local_preset, load_weights=load_weights, **kwargs)

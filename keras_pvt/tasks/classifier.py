@@ -138,13 +138,6 @@ class PyramidImageClassifier(PythonDataMixin, PresetMixin, ImageClassifier):
         config.update({"class_names": self.class_names, "head_norm": self.head_norm})
         return config
 
-    @classmethod
-    def from_preset(cls, preset: str, load_weights: bool = True, **kwargs):
-        # A new head (`num_classes=N`) has no names unless the caller gives them.
-        if "num_classes" in kwargs:
-            kwargs.setdefault("class_names", None)
-        return super().from_preset(preset, load_weights=load_weights, **kwargs)
-
     def decode_predictions(self, predictions, top: int = 5, from_logits: bool | None = None):
         """Top-k `(index, label, probability)` per image.
 

@@ -13,13 +13,12 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 from keras import ops
-from keras_hub.layers import ImageConverter
 from keras_hub.models import ImageSegmenter, ImageSegmenterPreprocessor, Task
 
 from keras_pvt.data import PythonDataMixin
 from keras_pvt.layers.resize import ResizeLike
 from keras_pvt.models.base import PresetMixin
-from keras_pvt.tasks.preprocessing import imagenet_scale_offset
+from keras_pvt.tasks.preprocessing import ImageNetImageConverter
 from keras_pvt.tasks.segmentation import (
     IGNORE_INDEX,
     SegmentationLoss,
@@ -29,17 +28,12 @@ from keras_pvt.tasks.segmentation import (
 
 
 @keras.saving.register_keras_serializable(package="keras_pvt")
-class SegFormerImageConverter(ImageConverter):
+class SegFormerImageConverter(ImageNetImageConverter):
     """Resizes to 512x512 (bilinear), rescales by 1/255 and normalises with the ImageNet
     mean/std, as transformers' `SegformerImageProcessor` does for the ADE20K checkpoints."""
 
-    def __init__(self, image_size=(512, 512), scale=None, offset=None, **kwargs):
-        if scale is None and offset is None:
-            scale, offset = imagenet_scale_offset()
-        kwargs.setdefault("crop_to_aspect_ratio", False)
-        kwargs.setdefault("interpolation", "bilinear")
-        kwargs.setdefault("antialias", True)
-        super().__init__(image_size=image_size, scale=scale, offset=offset, **kwargs)
+    def __init__(self, image_size=(512, 512), **kwargs):
+        super().__init__(image_size=image_size, **kwargs)
 
 
 @keras.saving.register_keras_serializable(package="keras_pvt")
@@ -214,13 +208,6 @@ class SegFormerSegmenter(PythonDataMixin, PresetMixin, ImageSegmenter):
             "ignore_index": self.ignore_index,
         })
         return config
-
-    @classmethod
-    def from_preset(cls, preset: str, load_weights: bool = True, **kwargs):
-        # A new head (`num_classes=N`) has no names unless the caller gives them.
-        if "num_classes" in kwargs:
-            kwargs.setdefault("class_names", None)
-        return super().from_preset(preset, load_weights=load_weights, **kwargs)
 
     # --- Training -----------------------------------------------------------------------
 
