@@ -261,7 +261,7 @@ def warn_license(name: str, preset) -> None:
     warnings.warn(
         f"{name}: the weights of {preset.hf_repo} are under the {license.name}, for "
         f"non-commercial use only (research or evaluation): {license.url}",
-        UserWarning, stacklevel=4,
+        UserWarning, stacklevel=5,  # the caller of from_preset
     )
 
 

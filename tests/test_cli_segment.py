@@ -106,12 +106,14 @@ def _check_outputs(item: dict, image: np.ndarray, expected_mask: np.ndarray) -> 
 
 def test_segment_the_sample_image(checkpoint, segmenter, env, tmp_path):
     output = tmp_path / "not" / "yet" / "there"
-    result = run([str(SCRIPT), "segment", "--preset", str(checkpoint), "--output",
-                  str(output)], env)
+    result = run([str(SCRIPT), "segment", "--preset", str(checkpoint), "-o", str(output),
+                  "--top", "2"], env)
     mask_path, overlay_path = output / "grace_hopper_mask.png", output / "grace_hopper_overlay.png"
     lines = result.stdout.strip().splitlines()
     line = next(line for line in lines if "grace_hopper.jpg" in line)
-    assert str(mask_path) in line and str(overlay_path) in line and "label_" in line
+    assert str(mask_path) in line and str(overlay_path) in line
+    top = line.rsplit("[", 1)[1].rstrip("]").split(", ")  # `--top 2`: the two largest shares
+    assert len(top) == 2 and all(item.startswith("label_") for item in top)
     image = _rgb(sample_image_path())
     expected = segmenter.segment(image)
     assert len(np.unique(expected)) > 1  # the legend has several rows
