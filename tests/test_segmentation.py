@@ -143,6 +143,10 @@ def test_segment_takes_any_image_sizes(segmenter):
     assert segmenter.segment(batch[0]).shape == (40, 56)
     with pytest.raises(ValueError, match=r"\(height, width, channels\)"):
         segmenter.segment([batch[0, :, :, 0]])
+    minimum = segmenter.minimum_image_size()  # the backbone's: its first 8x8 reduction
+    assert minimum == segmenter.backbone.minimum_image_size() == 29
+    with pytest.raises(ValueError, match=f"at least {minimum}x{minimum} pixels"):
+        segmenter(np.zeros((1, minimum - 1, 40, 3), "float32"))
 
 
 def test_keras_hub_heads_take_keras_pvt_backbones():
