@@ -16,14 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-from keras_pvt.cli import (
-    class_colors,
-    class_shares,
-    main,
-    mask_image,
-    overlay_image,
-    sample_image_path,
-)
+from keras_pvt.cli import main, sample_image_path
+from keras_pvt.visualize import class_colors, class_shares, mask_image, overlay_image
 from tests.helpers.hub_cache import offline_env, place_in_hf_cache, run
 from tests.helpers.reference import hf_segformer
 

@@ -1,0 +1,68 @@
+"""Pictures of model outputs: class-id masks and colour overlays with a legend.
+
+Only NumPy and Pillow: importable without keras (the CLI draws with it).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+
+def class_colors(num_classes: int):
+    """A distinct RGB colour per class id (PASCAL VOC's bit-interleaved colour map, from id
+    1 on so that no class is black)."""
+    ids = np.arange(1, num_classes + 1)
+    colors = np.zeros((num_classes, 3), dtype=np.int64)
+    for shift in range(8):
+        for channel in range(3):
+            colors[:, channel] |= ((ids >> (3 * shift + channel)) & 1) << (7 - shift)
+    return colors.astype(np.uint8)
+
+
+def class_label(class_names, index: int) -> str:
+    """`class_names[index]`, or `class_<index>` without names."""
+    return class_names[index] if class_names is not None else f"class_{index}"
+
+
+def class_shares(mask, class_names) -> list[dict]:
+    """The classes present in `mask`, largest pixel share first."""
+    ids, counts = np.unique(mask, return_counts=True)
+    order = np.lexsort((ids, -counts))
+    return [
+        {"index": int(ids[i]), "label": class_label(class_names, int(ids[i])),
+         "fraction": float(counts[i]) / mask.size}
+        for i in order
+    ]
+
+
+def mask_image(mask, num_classes: int):
+    """The class-id mask as a PNG-ready image: 8-bit "L" up to 256 classes, else "I;16"."""
+    dtype = np.uint8 if num_classes <= 256 else np.uint16
+    return Image.fromarray(np.ascontiguousarray(mask.astype(dtype)))
+
+
+def overlay_image(pixels, mask, classes: list[dict], colors, alpha: float = 0.5):
+    """`pixels` blended with a colour per class, with a legend of the classes present."""
+    blended = pixels.astype(np.float32) * (1 - alpha) + colors[mask].astype(np.float32) * alpha
+    image = Image.fromarray(np.clip(blended + 0.5, 0, 255).astype(np.uint8), "RGB")
+    height, width = mask.shape
+    size = max(10, min(height, width) // 24)
+    try:
+        font = ImageFont.load_default(size)
+    except (TypeError, ValueError, OSError):  # Pillow without FreeType
+        font = ImageFont.load_default()
+    draw = ImageDraw.Draw(image, "RGBA")
+    pad = max(1, size // 4)
+    row = size + pad
+    rows = classes[: max(1, (height - pad) // row)]
+    widths = [draw.textlength(item["label"], font=font) for item in rows]
+    box = (0, 0, int(pad * 3 + size + max(widths)) + 1, pad + row * len(rows))
+    draw.rectangle(box, fill=(0, 0, 0, 160))
+    for k, item in enumerate(rows):
+        top = pad + k * row
+        swatch = [pad, top, pad + size - 1, top + size - 1]
+        draw.rectangle(swatch, fill=tuple(int(c) for c in colors[item["index"]]) + (255,),
+                       outline=(255, 255, 255, 255))
+        draw.text((pad * 2 + size, top), item["label"], fill=(255, 255, 255, 255), font=font)
+    return image
