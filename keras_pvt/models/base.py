@@ -334,7 +334,18 @@ class PresetMixin(ExportMixin, ImageInputMixin):
         head = [v for v in self.weights if id(v) not in backbone_ids]
         check_keras_weights(filepath, head, f"{type(self).__name__} head")
         with _naming_file(filepath, type(self).__name__):
-            return super().load_task_weights(filepath)
+            # (the optimizer state of presets saved before 0.2 is ignored, not restored)
+            keras.saving.load_weights(self, filepath, objects_to_skip=self._not_head())
+
+    def save_task_weights(self, filepath):
+        """The head's weights only: not the backbone's (in its own file) nor the optimizer's
+        state, which keras-hub saved after `fit` (doubling a preset's size and warning on
+        every reload)."""
+        keras.saving.save_weights(self, filepath, objects_to_skip=self._not_head())
+
+    def _not_head(self) -> list:
+        optimizer = [self.optimizer] if getattr(self, "optimizer", None) is not None else []
+        return [*self.backbone._flatten_layers(), *optimizer]
 
 
 def _check_task_kind(cls, handle, local_preset, kwargs) -> None:
