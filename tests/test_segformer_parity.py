@@ -4,6 +4,7 @@ Checkpoints take the path real ones use: `save_pretrained`, then `from_preset(pa
 """
 
 import json
+import textwrap
 
 import keras
 import numpy as np
@@ -203,6 +204,14 @@ def test_named_presets_offline_with_their_licence(tmp_path, record_delta):
     code = readme.split("```python\n", 1)[1].split("```", 1)[0]
     result = run([sys.executable, "-c", code], offline_env(hf_cache, tmp_path / "keras"))
     assert "label_" in result.stdout and "mean_iou" in result.stdout, result.stdout
+
+    # SegFormerSegmenter's docstring example, with two images of different sizes.
+    example = keras_pvt.SegFormerSegmenter.__doc__.split("```python\n", 1)[1].split("```")[0]
+    code = ("import numpy as np\nimport keras_pvt\n"
+            "image_a = np.zeros((40, 50, 3), 'uint8')\nimage_b = np.zeros((30, 20, 3), 'uint8')\n"
+            + textwrap.dedent(example) + "print([m.shape for m in masks])\n")
+    result = run([sys.executable, "-c", code], offline_env(hf_cache, tmp_path / "keras"))
+    assert result.stdout.strip().splitlines()[-1] == "[(40, 50), (30, 20)]"
 
 
 def test_preset_parameter_counts_match_transformers():
