@@ -204,6 +204,7 @@ def test_named_presets_offline_with_their_licence(tmp_path, record_delta):
     code = readme.split("```python\n", 1)[1].split("```", 1)[0]
     result = run([sys.executable, "-c", code], offline_env(hf_cache, tmp_path / "keras"))
     assert "label_" in result.stdout and "mean_iou" in result.stdout, result.stdout
+    assert "(1, 128, 128, 150)" in result.stdout, result.stdout
 
     # SegFormerSegmenter's docstring example, with two images of different sizes.
     example = keras_pvt.SegFormerSegmenter.__doc__.split("```python\n", 1)[1].split("```")[0]
