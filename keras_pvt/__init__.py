@@ -8,6 +8,7 @@ from keras_pvt.hub import PresetError
 from keras_pvt.models.cvt import (
     CvTBackbone,
     CvTClassifier,
+    CvTGLPNDepthEstimator,
     CvTImageClassifierPreprocessor,
     CvTImageConverter,
     CvTSegFormerSegmenter,
@@ -15,6 +16,7 @@ from keras_pvt.models.cvt import (
 from keras_pvt.models.pvt import (
     PVTBackbone,
     PVTClassifier,
+    PVTGLPNDepthEstimator,
     PVTImageClassifierPreprocessor,
     PVTImageConverter,
     PVTSegFormerSegmenter,
@@ -22,22 +24,38 @@ from keras_pvt.models.pvt import (
 from keras_pvt.models.pvt_v2 import (
     PVTv2Backbone,
     PVTv2Classifier,
+    PVTv2GLPNDepthEstimator,
     PVTv2ImageClassifierPreprocessor,
     PVTv2ImageConverter,
     PVTv2SegFormerSegmenter,
 )
 from keras_pvt.tasks import (
+    AbsRelError,
+    DeltaAccuracy,
+    GLPNDepthEstimator,
+    GLPNDepthEstimatorPreprocessor,
+    GLPNImageConverter,
     PyramidImageClassifier,
     SegFormerImageConverter,
     SegFormerSegmenter,
     SegFormerSegmenterPreprocessor,
     SegmentationLoss,
     SegmentationMeanIoU,
+    SiLogLoss,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AbsRelError",
+    "DeltaAccuracy",
+    "GLPNDepthEstimator",
+    "GLPNDepthEstimatorPreprocessor",
+    "GLPNImageConverter",
+    "PVTv2GLPNDepthEstimator",
+    "PVTGLPNDepthEstimator",
+    "CvTGLPNDepthEstimator",
+    "SiLogLoss",
     "SegmentationMeanIoU",
     "SegmentationLoss",
     "SegFormerSegmenterPreprocessor",

@@ -352,10 +352,12 @@ def task_class(handle: str, task: str = "classifier") -> type:
         family, preset = presets[handle]
         found = next((t for t in family.tasks if t.name == preset.task), None)
         if preset.task != task or found is None:
-            what = "a bare backbone" if preset.task == "backbone" else f"a {preset.task}"
+            what = "a bare backbone" if preset.task == "backbone" else f"a {_words(preset.task)}"
             others = sorted(name for name, (_, p) in presets.items() if p.task == task)
-            hint = f" {task.capitalize()} presets: {', '.join(others)}." if others else ""
-            raise PresetError(f"{handle}: is {what} preset, not a {task} with its head.{hint}")
+            hint = (f" {_words(task).capitalize()} presets: {', '.join(others)}."
+                    if others else "")
+            raise PresetError(
+                f"{handle}: is {what} preset, not a {_words(task)} with its head.{hint}")
         return found.model_cls
     if handle.startswith("hf://"):
         repo_id, revision = parse_hf_handle(handle)
@@ -374,16 +376,20 @@ def task_class(handle: str, task: str = "classifier") -> type:
         if found is not None and issubclass(found, task_classes):
             return found
         what = found.__name__ if found is not None else "a backbone"
-        raise PresetError(f"{handle}: holds {what}, not a {task} with its head.")
+        raise PresetError(f"{handle}: holds {what}, not a {_words(task)} with its head.")
     family, layout, state_dict = identify(read_checkpoint(path))
     detected = detect_task(family, layout, state_dict)
     if detected is None or detected.name != task:
-        what = f"a {detected.name}" if detected is not None else "a bare backbone"
+        what = f"a {_words(detected.name)}" if detected is not None else "a bare backbone"
         raise PresetError(
-            f"{handle}: is {what} checkpoint of the {family.name} family, not a {task} "
-            "with its head."
+            f"{handle}: is {what} checkpoint of the {family.name} family, not a "
+            f"{_words(task)} with its head."
         )
     return detected.model_cls
+
+
+def _words(task: str) -> str:
+    return task.replace("_", " ")  # "depth_estimator" -> "depth estimator"
 
 
 base.set_preset_resolver(sys.modules[__name__])

@@ -97,7 +97,8 @@ def identify(checkpoint: Checkpoint) -> tuple[Family, str, dict]:
     )
 
 
-def _image_converter(family: Family, converter_cls: type, checkpoint: Checkpoint):
+def _image_converter(family: Family, task: Task | None, converter_cls: type,
+                     checkpoint: Checkpoint):
     config = checkpoint.preprocessor_config
     if not config:
         return converter_cls()
@@ -116,6 +117,8 @@ def _image_converter(family: Family, converter_cls: type, checkpoint: Checkpoint
         kwargs["interpolation"] = _INTERPOLATIONS[config["resample"]]
     if family.image_converter_kwargs is not None and converter_cls is family.image_converter_cls:
         kwargs.update(family.image_converter_kwargs(config))
+    if task is not None and task.image_converter_kwargs is not None:
+        kwargs.update(task.image_converter_kwargs(config))
     return converter_cls(**kwargs)
 
 
@@ -177,7 +180,8 @@ def build_from_checkpoint(checkpoint: Checkpoint, model_cls=None):
         ) from error
     preprocessor_cls = task.preprocessor_cls if task is not None else family.preprocessor_cls
     try:
-        converter = _image_converter(family, preprocessor_cls.image_converter_cls, checkpoint)
+        converter = _image_converter(family, task, preprocessor_cls.image_converter_cls,
+                                     checkpoint)
         extra = {}
         if task is not None and task.preprocessor_kwargs is not None:
             extra = task.preprocessor_kwargs(checkpoint.preprocessor_config or {})

@@ -7,15 +7,17 @@ Keras names (left) follow transformers' modules, so each row reads as a module n
 from __future__ import annotations
 
 from keras_pvt.convert.classification import classifier_task
+from keras_pvt.convert.depth import depth_estimator_task
 from keras_pvt.convert.registry import Family, License, Preset, register
 from keras_pvt.convert.segmentation import segmenter_task
 from keras_pvt.models.cvt import (
     CvTBackbone,
     CvTClassifier,
+    CvTGLPNDepthEstimator,
     CvTImageClassifierPreprocessor,
     CvTSegFormerSegmenter,
 )
-from keras_pvt.tasks import SegFormerSegmenterPreprocessor
+from keras_pvt.tasks import GLPNDepthEstimatorPreprocessor, SegFormerSegmenterPreprocessor
 
 BACKBONE_PREFIXES = ("cvt.",)  # transformers' classification model wraps CvtModel
 
@@ -224,6 +226,7 @@ FAMILY = register(Family(
     tasks=[
         classifier_task(CvTClassifier, CvTImageClassifierPreprocessor, CLASSIFIER_HEADS),
         segmenter_task(CvTSegFormerSegmenter, SegFormerSegmenterPreprocessor, {}),
+        depth_estimator_task(CvTGLPNDepthEstimator, GLPNDepthEstimatorPreprocessor, {}),
     ],
     presets=PRESETS,
     image_converter_kwargs=image_converter_kwargs,

@@ -11,6 +11,7 @@ import math
 
 from keras_pvt.checkpoints.keymap import prefixed
 from keras_pvt.convert.classification import classifier_task
+from keras_pvt.convert.depth import depth_estimator_task
 from keras_pvt.convert.pvt_v2 import (
     LICENSE,
     TIMM_BLOCK,
@@ -22,10 +23,11 @@ from keras_pvt.convert.segmentation import segmenter_task
 from keras_pvt.models.pvt import (
     PVTBackbone,
     PVTClassifier,
+    PVTGLPNDepthEstimator,
     PVTImageClassifierPreprocessor,
     PVTSegFormerSegmenter,
 )
-from keras_pvt.tasks import SegFormerSegmenterPreprocessor
+from keras_pvt.tasks import GLPNDepthEstimatorPreprocessor, SegFormerSegmenterPreprocessor
 
 BACKBONE_PREFIXES = ("pvt.",)  # transformers' classification model wraps PvtModel
 
@@ -179,6 +181,7 @@ FAMILY = register(Family(
     tasks=[
         classifier_task(PVTClassifier, PVTImageClassifierPreprocessor, CLASSIFIER_HEADS),
         segmenter_task(PVTSegFormerSegmenter, SegFormerSegmenterPreprocessor, {}),
+        depth_estimator_task(PVTGLPNDepthEstimator, GLPNDepthEstimatorPreprocessor, {}),
     ],
     presets=PRESETS,
 ))

@@ -7,20 +7,22 @@ Keras names (left) follow transformers' modules; each source is one table.
 from __future__ import annotations
 
 from keras_pvt.checkpoints.keymap import fused, prefixed
-from keras_pvt.convert import segformer
+from keras_pvt.convert import glpn, segformer
 from keras_pvt.convert.classification import classifier_task
+from keras_pvt.convert.depth import depth_estimator_task
 from keras_pvt.convert.registry import Family, License, Preset, register
 from keras_pvt.convert.segmentation import segmenter_task
 from keras_pvt.models.pvt_v2 import (
     PVTv2Backbone,
     PVTv2Classifier,
+    PVTv2GLPNDepthEstimator,
     PVTv2ImageClassifierPreprocessor,
     PVTv2SegFormerSegmenter,
 )
-from keras_pvt.tasks import SegFormerSegmenterPreprocessor
+from keras_pvt.tasks import GLPNDepthEstimatorPreprocessor, SegFormerSegmenterPreprocessor
 
-# transformers' task models wrap PvtV2Model / SegformerModel
-BACKBONE_PREFIXES = ("pvt_v2.", segformer.BACKBONE_PREFIX)
+# transformers' task models wrap PvtV2Model / SegformerModel / GLPNModel
+BACKBONE_PREFIXES = ("pvt_v2.", segformer.BACKBONE_PREFIX, glpn.BACKBONE_PREFIX)
 
 _TRANSFORMERS_BLOCK = {
     "layer_norm_1": "layer_norm_1",
@@ -135,9 +137,10 @@ def standard_heads(hidden_sizes: list, layout: str, family: str, backbone: str) 
 
 
 def backbone_kwargs_from_transformers(config: dict) -> dict:
-    """`PVTv2Backbone` arguments equal to a transformers `PvtV2Config` or `SegformerConfig`
-    (the same encoder; SegFormer's MLP ratio is 4 and its LayerNorms use eps 1e-5)."""
-    is_segformer = config.get("model_type") == "segformer"
+    """`PVTv2Backbone` arguments equal to a transformers `PvtV2Config`, `SegformerConfig` or
+    `GLPNConfig` (the same encoder; SegFormer's and GLPN's MLP ratio is 4 and their
+    LayerNorms use eps 1e-5)."""
+    is_segformer = config.get("model_type") in ("segformer", "glpn")
     kwargs = {
         **sra_kwargs_from_transformers(config, "SegFormer" if is_segformer else "PVT v2"),
         "hidden_sizes": config.get("hidden_sizes", [32, 64, 160, 256]),
@@ -221,13 +224,14 @@ PRESETS = {
     "pvt_v2_b4": _preset("b4", 62_556_072),
     "pvt_v2_b5": _preset("b5", 81_956_008),
     **segformer.PRESETS,
+    **glpn.PRESETS,
 }
 
 FAMILY = register(Family(
     name="pvt_v2",
     backbone_cls=PVTv2Backbone,
     preprocessor_cls=PVTv2ImageClassifierPreprocessor,
-    model_types=("pvt_v2", "segformer"),
+    model_types=("pvt_v2", "segformer", "glpn"),
     timm_prefixes=("pvt_v2_",),
     backbone_rows=BACKBONE_ROWS,
     backbone_prefixes=BACKBONE_PREFIXES,
@@ -238,6 +242,8 @@ FAMILY = register(Family(
         classifier_task(PVTv2Classifier, PVTv2ImageClassifierPreprocessor, CLASSIFIER_HEADS),
         segmenter_task(PVTv2SegFormerSegmenter, SegFormerSegmenterPreprocessor,
                        {"segformer": segformer.SEGMENTER_HEAD}),
+        depth_estimator_task(PVTv2GLPNDepthEstimator, GLPNDepthEstimatorPreprocessor,
+                             {"segformer": glpn.DEPTH_HEAD}),
     ],
     presets=PRESETS,
 ))

@@ -68,6 +68,8 @@ class Task:
     build: Callable
     # Preprocessor arguments (besides the image converter) from preprocessor_config.json.
     preprocessor_kwargs: Callable[[dict], dict] | None = None
+    # Image-converter arguments from preprocessor_config.json beyond size and mean/std.
+    image_converter_kwargs: Callable[[dict], dict] | None = None
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,8 @@ def inference_pieces(layer, inputs, training) -> int | None:
     activations for the backward pass, which measured slower. Counted in float32 bytes.
     """
     batch = inputs.shape[0]
-    if training or not isinstance(batch, int) or len(inputs.shape) != 4:
-        return None
+    if training or len(inputs.shape) != 4 or None in inputs.shape[:3]:
+        return None  # (TensorFlow's relaxed traces leave the height and width unknown)
     per_image = inputs.shape[1] * inputs.shape[2] * layer.intermediate_size * 4
     per_chunk = images_per_chunk(batch, per_image, divisor=True)
     return per_chunk if per_chunk < batch else None

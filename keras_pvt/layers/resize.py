@@ -1,5 +1,5 @@
-"""Bilinear resizing equal to PyTorch's `F.interpolate(..., mode="bilinear",
-align_corners=False)` (no antialiasing), on every backend and for dynamic sizes."""
+"""Resizing equal to PyTorch's `F.interpolate(..., align_corners=False)` (no antialiasing),
+bilinear and bicubic, on every backend and for dynamic sizes."""
 
 import keras
 from keras import ops
@@ -43,6 +43,40 @@ def bilinear_resize(x, size, axis: int = 0):
     return x
 
 
+def bicubic_resize(x, size, axis: int = 0):
+    """Resizes axes `axis` and `axis + 1` of `x` to `size` like
+    `F.interpolate(..., mode="bicubic", align_corners=False)`: Keys' cubic convolution with
+    `a = -0.75`, source coordinates not clamped, the 4 taps clamped to the edges."""
+    shape = ops.shape(x)
+    for offset in (0, 1):
+        dim = axis + offset
+        scale = ops.cast(shape[dim], "float32") / ops.cast(size[offset], "float32")
+        source = (ops.cast(ops.arange(size[offset]), "float32") + 0.5) * scale - 0.5
+        first = ops.floor(source)
+        t = source - first
+        first = ops.cast(first, "int32") - 1
+        out = 0.0
+        for tap, weight in enumerate(_cubic_weights(t)):
+            index = ops.clip(first + tap, 0, shape[dim] - 1)
+            weight = ops.reshape(ops.cast(weight, x.dtype),
+                                 (-1,) + (1,) * (len(x.shape) - dim - 1))
+            out = out + kernels.gather(x, index, dim) * weight
+        x = out
+    return x
+
+
+def _cubic_weights(t, a: float = -0.75):
+    """The weights of the taps at -1, 0, 1, 2 for a fractional position `t` in [0, 1)."""
+
+    def near(d):  # |d| <= 1
+        return ((a + 2.0) * d - (a + 3.0)) * d * d + 1.0
+
+    def far(d):  # 1 < |d| < 2
+        return ((a * d - 5.0 * a) * d + 8.0 * a) * d - 4.0 * a
+
+    return far(t + 1.0), near(t), near(1.0 - t), far(2.0 - t)
+
+
 @keras.saving.register_keras_serializable(package="keras_pvt")
 class ResizeLike(Layer):
     """Resizes an NHWC map bilinearly to the height and width of a reference map
@@ -56,3 +90,21 @@ class ResizeLike(Layer):
 
     def compute_output_shape(self, inputs_shape, reference_shape):
         return (inputs_shape[0], reference_shape[1], reference_shape[2], inputs_shape[3])
+
+
+@keras.saving.register_keras_serializable(package="keras_pvt")
+class Upsample(Layer):
+    """Bilinear upsampling of an NHWC map by an integer factor, as PyTorch's
+    `nn.Upsample(scale_factor=factor, mode="bilinear", align_corners=False)`."""
+
+    def __init__(self, factor: int = 2, **kwargs):
+        super().__init__(**kwargs)
+        self._store_arguments(locals())
+
+    def call(self, inputs):
+        shape = ops.shape(inputs)
+        return bilinear_resize(inputs, (shape[1] * self.factor, shape[2] * self.factor), axis=1)
+
+    def compute_output_shape(self, input_shape):
+        height, width = (None if d is None else d * self.factor for d in input_shape[1:3])
+        return (input_shape[0], height, width, input_shape[3])

@@ -440,3 +440,37 @@ class PyramidBackbone(PresetMixin, FeaturePyramidBackbone):
         config = super().get_config()
         config.update({name: getattr(self, name) for name in self._config_names})
         return config
+
+
+class FamilyTaskMixin:
+    """A task for any keras_pvt backbone whose instances take their family's subclass.
+
+    keras-hub's `from_preset` finds a task class from its backbone's class, so each family
+    declares a subclass with its `backbone_cls` (`PVTv2SegFormerSegmenter`...), and
+    `SegFormerSegmenter(backbone=cvt, ...)` builds a `CvTSegFormerSegmenter`: what a saved
+    preset names, and what reloads through keras-hub.
+    """
+
+    backbone_cls = None  # any keras_pvt backbone; each family's subclass sets its own
+
+    def __new__(cls, *args, **kwargs):
+        backbone = kwargs.get("backbone", args[0] if args else None)
+        if backbone is not None:
+            cls = _family_subclass(cls, type(backbone))
+        return super().__new__(cls, *args, **kwargs)
+
+
+def _family_subclass(cls: type, backbone_type: type) -> type:
+    """The most specific registered subclass of `cls` made for `backbone_type`."""
+    best = cls
+    stack = list(cls.__subclasses__())
+    while stack:
+        sub = stack.pop()
+        stack.extend(sub.__subclasses__())
+        wanted = getattr(sub, "backbone_cls", None)
+        if wanted is None or not issubclass(backbone_type, wanted):
+            continue
+        current = getattr(best, "backbone_cls", None)
+        if current is None or issubclass(wanted, current):
+            best = sub
+    return best

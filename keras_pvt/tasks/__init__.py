@@ -4,6 +4,13 @@ from keras_pvt.tasks.classifier import (
     PyramidImageClassifier,
     PyramidImageClassifierPreprocessor,
 )
+from keras_pvt.tasks.depth import AbsRelError, DeltaAccuracy, SiLogLoss
+from keras_pvt.tasks.glpn import (
+    GLPNDepthEstimator,
+    GLPNDepthEstimatorPreprocessor,
+    GLPNImageConverter,
+    SelectiveFeatureFusion,
+)
 from keras_pvt.tasks.segformer import (
     SegFormerImageConverter,
     SegFormerSegmenter,
@@ -12,6 +19,13 @@ from keras_pvt.tasks.segformer import (
 from keras_pvt.tasks.segmentation import SegmentationLoss, SegmentationMeanIoU
 
 __all__ = [
+    "AbsRelError",
+    "DeltaAccuracy",
+    "GLPNDepthEstimator",
+    "GLPNDepthEstimatorPreprocessor",
+    "GLPNImageConverter",
+    "SelectiveFeatureFusion",
+    "SiLogLoss",
     "PyramidImageClassifier",
     "PyramidImageClassifierPreprocessor",
     "SegFormerImageConverter",

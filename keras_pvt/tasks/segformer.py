@@ -17,7 +17,7 @@ from keras_hub.models import ImageSegmenter, ImageSegmenterPreprocessor, Task
 
 from keras_pvt.data import PythonDataMixin
 from keras_pvt.layers.resize import ResizeLike
-from keras_pvt.models.base import PresetMixin
+from keras_pvt.models.base import FamilyTaskMixin, PresetMixin
 from keras_pvt.tasks.preprocessing import ImageNetImageConverter
 from keras_pvt.tasks.segmentation import (
     IGNORE_INDEX,
@@ -89,7 +89,7 @@ def reduce_labels(masks):
     return np.where((masks == 0) | (masks == IGNORE_INDEX), IGNORE_INDEX, masks - 1)
 
 
-class SegFormerSegmenter(PythonDataMixin, PresetMixin, ImageSegmenter):
+class SegFormerSegmenter(PythonDataMixin, FamilyTaskMixin, PresetMixin, ImageSegmenter):
     """SegFormer semantic segmentation (`keras_hub.models.ImageSegmenter`) on any keras_pvt
     backbone: PVT v2 (SegFormer's own Mix Transformer), PVT v1 or CvT.
 
@@ -121,16 +121,7 @@ class SegFormerSegmenter(PythonDataMixin, PresetMixin, ImageSegmenter):
     ```
     """
 
-    backbone_cls = None  # any keras_pvt backbone; each family's subclass sets its own
     preprocessor_cls = SegFormerSegmenterPreprocessor
-
-    def __new__(cls, *args, **kwargs):
-        # keras-hub's `from_preset` finds a task class from its backbone's class: each
-        # instance gets its family's subclass, which is what a saved preset names.
-        backbone = kwargs.get("backbone", args[0] if args else None)
-        if backbone is not None:
-            cls = _family_subclass(cls, type(backbone))
-        return super().__new__(cls, *args, **kwargs)
 
     def __init__(
         self,
@@ -344,19 +335,3 @@ def _check_mask_shape(images, masks, name: str) -> None:
             f"{mask_shape} for images of shape {image_shape}. Resize masks with nearest-"
             "neighbour interpolation to the images' size."
         )
-
-
-def _family_subclass(cls: type, backbone_type: type) -> type:
-    """The most specific registered subclass of `cls` made for `backbone_type`."""
-    best = cls
-    stack = list(cls.__subclasses__())
-    while stack:
-        sub = stack.pop()
-        stack.extend(sub.__subclasses__())
-        wanted = getattr(sub, "backbone_cls", None)
-        if wanted is None or not issubclass(backbone_type, wanted):
-            continue
-        current = getattr(best, "backbone_cls", None)
-        if current is None or issubclass(wanted, current):
-            best = sub
-    return best

@@ -110,3 +110,23 @@ def hf_segformer(config: str = "b0", task: str | None = "segmentation", num_labe
     model_cls = {"segmentation": SegformerForSemanticSegmentation,
                  "classification": SegformerForImageClassification, None: SegformerModel}[task]
     return randomize_norms(model_cls(config), seed)
+
+
+GLPN_CONFIGS = {
+    # Full-size GLPN on MiT-b0 (transformers' default GLPNConfig: 64-channel decoder).
+    "b0": dict(hidden_sizes=[32, 64, 160, 256], depths=[2, 2, 2, 2],
+               num_attention_heads=[1, 2, 5, 8], decoder_hidden_size=64),
+    # A tiny one for the fast tests (stage widths around the decoder's: some levels need
+    # the 1x1 projection and some do not, as in the real checkpoints).
+    "tiny": dict(hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1],
+                 num_attention_heads=[1, 2, 3, 4], decoder_hidden_size=16),
+}
+
+
+def hf_glpn(config: str = "b0", max_depth: float = 10, seed: int = 0):
+    """A transformers `GLPNForDepthEstimation`, random weights (norms randomised)."""
+    from transformers import GLPNConfig, GLPNForDepthEstimation
+
+    torch.manual_seed(seed)
+    model = GLPNForDepthEstimation(GLPNConfig(max_depth=max_depth, **GLPN_CONFIGS[config]))
+    return randomize_norms(model, seed)

@@ -2,6 +2,7 @@
 
 from keras_pvt.models.cvt.backbone import CvTBackbone, CvTClassToken, CvTLayer
 from keras_pvt.models.cvt.classifier import CvTClassifier
+from keras_pvt.models.cvt.depth_estimator import CvTGLPNDepthEstimator
 from keras_pvt.models.cvt.preprocessor import (
     CvTImageClassifierPreprocessor,
     CvTImageConverter,
@@ -15,5 +16,6 @@ __all__ = [
     "CvTImageClassifierPreprocessor",
     "CvTImageConverter",
     "CvTLayer",
+    "CvTGLPNDepthEstimator",
     "CvTSegFormerSegmenter",
 ]

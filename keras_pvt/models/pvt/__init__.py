@@ -2,6 +2,7 @@
 
 from keras_pvt.models.pvt.backbone import ClassTokenSplit, PVTBackbone
 from keras_pvt.models.pvt.classifier import PVTClassifier
+from keras_pvt.models.pvt.depth_estimator import PVTGLPNDepthEstimator
 from keras_pvt.models.pvt.preprocessor import PVTImageClassifierPreprocessor, PVTImageConverter
 from keras_pvt.models.pvt.segmenter import PVTSegFormerSegmenter
 
@@ -11,5 +12,6 @@ __all__ = [
     "PVTClassifier",
     "PVTImageClassifierPreprocessor",
     "PVTImageConverter",
+    "PVTGLPNDepthEstimator",
     "PVTSegFormerSegmenter",
 ]

@@ -2,6 +2,7 @@
 
 from keras_pvt.models.pvt_v2.backbone import PVTv2Backbone
 from keras_pvt.models.pvt_v2.classifier import PVTv2Classifier
+from keras_pvt.models.pvt_v2.depth_estimator import PVTv2GLPNDepthEstimator
 from keras_pvt.models.pvt_v2.preprocessor import (
     PVTv2ImageClassifierPreprocessor,
     PVTv2ImageConverter,
@@ -13,5 +14,6 @@ __all__ = [
     "PVTv2Classifier",
     "PVTv2ImageClassifierPreprocessor",
     "PVTv2ImageConverter",
+    "PVTv2GLPNDepthEstimator",
     "PVTv2SegFormerSegmenter",
 ]
