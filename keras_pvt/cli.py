@@ -5,6 +5,9 @@
     keras-pvt segment [IMAGE ...] [--preset segformer_b0_ade] --output DIR [--top 3] [--json]
         segment images: writes DIR/<stem>_mask.png (class ids; 8-bit, or 16-bit beyond 256
         classes) and DIR/<stem>_overlay.png (the image with a colour per class and a legend).
+    keras-pvt depth [IMAGE ...] [--preset glpn_nyu] --output DIR [--json]
+        estimate depth: writes DIR/<stem>_depth.png (colour-mapped, near is bright) and
+        DIR/<stem>_depth.npy (float32 depth in metres at the image's size).
     keras-pvt convert SOURCE OUTPUT_DIR
         convert a checkpoint (preset name, hf://owner/repo, directory or file) to a keras-hub
         preset.
@@ -119,17 +122,11 @@ def cmd_segment(args) -> int:
     images = args.images or [sample_image_path()]
     try:
         _check_images(images)
-        if args.output.exists() and not args.output.is_dir():
-            raise NotADirectoryError(f"--output {args.output} exists and is not a directory")
+        _output_directory(args.output)
         # The family comes from the preset name or the checkpoint itself.
         model = hub.task_class(args.preset, "segmenter").from_preset(args.preset)
     except (ImageError, NotADirectoryError, PresetError, CheckpointError) as error:
         print(f"keras-pvt: {error}", file=sys.stderr)
-        return 2
-    try:
-        args.output.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        print(f"keras-pvt: cannot create --output {args.output}: {error}", file=sys.stderr)
         return 2
     from keras_pvt.visualize import class_colors, class_shares, mask_image, overlay_image
 
@@ -166,6 +163,63 @@ def cmd_segment(args) -> int:
     return 0
 
 
+def _output_directory(output: Path) -> None:
+    """Creates `--output` (raises NotADirectoryError / OSError with a one-line reason)."""
+    if output.exists() and not output.is_dir():
+        raise NotADirectoryError(f"--output {output} exists and is not a directory")
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise NotADirectoryError(f"cannot create --output {output}: {error}") from error
+
+
+def cmd_depth(args) -> int:
+    import numpy as np
+
+    from keras_pvt import hub
+    from keras_pvt.checkpoints import CheckpointError
+    from keras_pvt.hub import PresetError
+
+    images = args.images or [sample_image_path()]
+    try:
+        _check_images(images)
+        _output_directory(args.output)
+        # The family comes from the preset name or the checkpoint itself.
+        model = hub.task_class(args.preset, "depth_estimator").from_preset(args.preset)
+    except (ImageError, NotADirectoryError, PresetError, CheckpointError) as error:
+        print(f"keras-pvt: {error}", file=sys.stderr)
+        return 2
+    from keras_pvt.visualize import depth_image
+
+    results = []
+    for path, stem in zip(images, _output_stems(images)):
+        try:
+            pixels = _load_image(Path(path))
+            depth = model.predict_depth(pixels)
+        except (ImageError, ValueError) as error:
+            print(f"keras-pvt: {path}: {error}", file=sys.stderr)
+            return 2
+        picture_path = args.output / f"{stem}_depth.png"
+        array_path = args.output / f"{stem}_depth.npy"
+        try:
+            depth_image(depth).save(picture_path)
+            np.save(array_path, depth)
+        except OSError as error:
+            print(f"keras-pvt: cannot write to {args.output}: {error}", file=sys.stderr)
+            return 2
+        results.append({"image": str(path), "picture": str(picture_path),
+                        "depth": str(array_path), "height": depth.shape[0],
+                        "width": depth.shape[1], "min": float(depth.min()),
+                        "median": float(np.median(depth)), "max": float(depth.max())})
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for r in results:
+        print(f"{r['image']} -> {r['picture']}, {r['depth']}  [depth {r['min']:.2f} to "
+              f"{r['max']:.2f} m, median {r['median']:.2f} m]")
+    return 0
+
+
 def cmd_convert(args) -> int:
     from keras_pvt import hub
     from keras_pvt.convert import convert_to_preset
@@ -198,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="keras-pvt",
         description="Pyramid Vision Transformers for Keras 3: classify or segment images, "
+        "estimate depth, "
         "convert checkpoints, list presets.",
     )
     parser.add_argument(
@@ -231,6 +286,22 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--json", action="store_true",
                          help="print JSON: image, mask, overlay and every class present")
     segment.set_defaults(func=cmd_segment)
+
+    depth = commands.add_parser(
+        "depth", help="estimate depth maps (a sample if none given)",
+        description="For each image, writes DIR/<stem>_depth.png (the depth colour-mapped: "
+        "near is bright, far is dark) and DIR/<stem>_depth.npy (float32 depth in metres at the "
+        "image's size); a repeated stem gets a suffix (_1, _2...). Prints the files and each "
+        "image's depth range.",
+    )
+    depth.add_argument("images", nargs="*", type=Path, help="image files (default: a sample)")
+    depth.add_argument("--preset", default="glpn_nyu",
+                       help="depth-estimator preset name, hf:// or path (default: %(default)s)")
+    depth.add_argument("--output", "-o", type=Path, required=True, metavar="DIR",
+                       help="directory for the pictures and arrays (created if missing)")
+    depth.add_argument("--json", action="store_true",
+                       help="print JSON: image, files, size and depth range")
+    depth.set_defaults(func=cmd_depth)
 
     convert = commands.add_parser("convert", help="convert a checkpoint to a keras-hub preset")
     convert.add_argument("source", help="preset name, hf://owner/repo, directory or file")

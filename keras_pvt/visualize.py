@@ -1,4 +1,5 @@
-"""Pictures of model outputs: class-id masks and colour overlays with a legend.
+"""Pictures of model outputs: class-id masks and colour overlays with a legend, colour-mapped
+depth.
 
 Only NumPy and Pillow: importable without keras (the CLI draws with it).
 """
@@ -66,3 +67,31 @@ def overlay_image(pixels, mask, classes: list[dict], colors, alpha: float = 0.5)
                        outline=(255, 255, 255, 255))
         draw.text((pad * 2 + size, top), item["label"], fill=(255, 255, 255, 255), font=font)
     return image
+
+
+# matplotlib's "magma" (CC0) sampled at 17 points, interpolated linearly in between.
+_MAGMA = np.array([
+    (0, 0, 4), (10, 8, 34), (29, 17, 71), (54, 16, 107), (81, 18, 124), (106, 28, 129),
+    (131, 38, 129), (156, 46, 127), (183, 55, 121), (208, 65, 111), (231, 82, 99),
+    (245, 107, 92), (252, 137, 97), (254, 167, 114), (254, 196, 136), (253, 226, 163),
+    (252, 253, 191),
+], dtype=np.float32)
+
+
+def colormap(values):
+    """RGB uint8 colours of `values` in [0, 1] (clipped) on the magma colour map."""
+    position = np.clip(np.nan_to_num(np.asarray(values, np.float32)), 0, 1) * (len(_MAGMA) - 1)
+    lower = np.minimum(position.astype(np.int64), len(_MAGMA) - 2)
+    weight = (position - lower)[..., None]
+    colours = _MAGMA[lower] * (1 - weight) + _MAGMA[lower + 1] * weight
+    return np.clip(colours + 0.5, 0, 255).astype(np.uint8)
+
+
+def depth_image(depth, near: float | None = None, far: float | None = None):
+    """A colour picture of a depth map: near is bright, far is dark (magma), scaled between
+    `near` and `far` (the map's own minimum and maximum by default)."""
+    depth = np.asarray(depth, np.float32)
+    near = float(np.min(depth)) if near is None else near
+    far = float(np.max(depth)) if far is None else far
+    closeness = (far - depth) / max(far - near, 1e-6)
+    return Image.fromarray(colormap(closeness), "RGB")

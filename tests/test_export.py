@@ -1,7 +1,8 @@
 """Export on every backend: TF SavedModel (any batch, any image size; reloaded where
 keras_pvt cannot be imported), ONNX (onnxruntime) and LiteRT/TFLite (the TFLite
 interpreter), for a b0-structured (small widths) and a b2-linear (adaptive pooling)
-classifier and a SegFormer segmenter (dynamic-size bilinear resizes); a clear error naming
+classifier, a SegFormer segmenter and a GLPN depth estimator (dynamic-size bilinear
+resizes); a clear error naming
 the backend to use where a format cannot be produced."""
 
 import importlib.util
@@ -37,11 +38,15 @@ LITERT_BACKENDS = ("tensorflow",) + (("torch",) if importlib.util.find_spec("lit
                                      else ())
 
 
-@pytest.fixture(scope="module", params=[*sorted(CONFIGS), "segformer"])
+@pytest.fixture(scope="module", params=[*sorted(CONFIGS), "segformer", "glpn"])
 def classifier(request):
-    """A classifier per config, and a SegFormer segmenter (stride-4 logits)."""
+    """A classifier per config, a SegFormer segmenter (stride-4 logits) and a GLPN depth
+    estimator (depth at the input size)."""
     keras.utils.set_random_seed(0)
-    if request.param == "segformer":
+    if request.param == "glpn":
+        model = keras_pvt.GLPNDepthEstimator(backbone=tiny_backbone("tiny"),
+                                             decoder_hidden_size=16)
+    elif request.param == "segformer":
         model = keras_pvt.SegFormerSegmenter(backbone=tiny_backbone("tiny"), num_classes=5,
                                              decoder_hidden_size=16)
     else:

@@ -8,6 +8,7 @@ import contextlib
 import inspect
 import json
 import typing
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -364,11 +365,22 @@ def _check_task_kind(cls, handle, local_preset, kwargs) -> None:
     if isinstance(found, type) and issubclass(found, cls):
         return
     held = f"a {found.__name__}" if isinstance(found, type) else "a backbone without a head"
+    if not _required_head_arguments(cls):  # e.g. a depth estimator: a new head needs nothing
+        warnings.warn(f"{handle!s} holds {held}: {cls.__name__} puts a new, untrained head on "
+                      "its backbone.", stacklevel=4)
+        return
     raise PresetError(
         f"{handle!s} holds {held}, not a {cls.__name__}: load it with "
         f"{found.__name__ if isinstance(found, type) else 'its backbone class'}, or pass "
         f"num_classes=N to {cls.__name__}.from_preset to put a new head on its backbone."
     )
+
+
+def _required_head_arguments(cls) -> list[str]:
+    """`__init__` arguments of a task class without defaults, besides the backbone."""
+    return [name for name, p in inspect.signature(cls.__init__).parameters.items()
+            if p.default is p.empty and name not in ("self", "backbone")
+            and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
 
 
 @contextlib.contextmanager

@@ -329,12 +329,15 @@ class GLPNDepthEstimator(PythonDataMixin, FamilyTaskMixin, PresetMixin, DepthEst
         if single:
             images = [images]
         items = [np.asarray(image) for image in images]
+        converter = getattr(self.preprocessor, "image_converter", None)
         for item in items:
             if item.ndim != 3:
                 raise ValueError(
                     "predict_depth() takes images of shape (height, width, channels); "
                     f"received an array of shape {item.shape}."
                 )
+            if isinstance(converter, GLPNImageConverter):
+                converter.output_size(*item.shape[:2])  # (a clear error for small images)
         inputs = [self._preprocess_one(item) for item in items]
         depths = [None] * len(items)
         by_shape = {}

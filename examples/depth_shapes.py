@@ -1,0 +1,265 @@
+"""Train a small GLPN to estimate depth in synthetic outdoor scenes.
+
+    python examples/depth_shapes.py [--preset PRESET] [--image-size 64] [--epochs 16]
+        [--output DIR] [--picture FILE.png]
+
+TODO docstring
+"""
+
+import argparse
+import time
+
+import keras
+import numpy as np
+
+import keras_pvt
+
+FAR = 20.0  # metres: ground farther than this is unmeasured (0), as the sky
+MAX_DEPTH = 25.0  # the model's largest output
+TILE = 0.5  # metres: the ground texture's period, the same in every scene
+DROPOUT = 0.05  # share of the other pixels left unmeasured at random
+SUPERSAMPLING = 3  # samples per pixel side when drawing (antialiasing)
+
+
+def _grey_colour(rng, low=60, high=200):
+    colour = rng.uniform(low, high, 3)
+    return 0.6 * colour + 0.4 * colour.mean()
+
+
+def _bright_colour(rng):
+    """A saturated colour: one channel high, one low, one anywhere."""
+    colour = np.array([rng.uniform(170, 250), rng.uniform(10, 70), rng.uniform(10, 250)])
+    return colour[rng.permutation(3)]
+
+
+def depth_scene(rng, size: int = 64):
+    """One scene: a uint8 RGB image `(size, size, 3)` and its depth map `(size, size)` in
+    metres, 0 where unmeasured.
+
+    A pinhole camera (focal length = the image height, looking horizontally) at a random
+    height of 1 to 2 m above a flat, textured ground; the horizon is at a random row (the
+    camera's pitch). A ground pixel `y` image heights below the horizon is at depth
+    `camera_height / y` (its texture, squares or bands of 0.5 m, shrinks towards the horizon
+    and fades into the haze); 1 to 3 upright boxes and discs stand on the ground at depths of
+    up to 12 m, their foot on the ground row of their depth and their size in proportion to
+    1 / depth. The sky and the ground beyond 20 m are unmeasured (0), as are 5% of the other
+    pixels, at random.
+    """
+    n = size * SUPERSAMPLING
+    coordinates = ((np.arange(n) + 0.5) / n).astype("float32")  # in image heights
+    y, x = coordinates[:, None], coordinates[None, :]
+    horizon = rng.uniform(0.2, 0.45)
+    camera_height = rng.uniform(1.0, 2.0)
+
+    # --- sky: a vertical gradient
+    top = rng.uniform([40, 90, 170], [110, 160, 240])
+    low = rng.uniform([170, 190, 210], [230, 235, 250])
+    t = np.clip(y / horizon, 0, 1)[..., None]
+    image = np.broadcast_to(top + (low - top) * t, (n, n, 3)).astype("float32")
+    depth = np.zeros((n, n), "float32")
+
+    # --- ground, on the rows below the horizon
+    first = int(np.searchsorted(coordinates, horizon, side="right"))
+    z = camera_height / (y[first:] - horizon)  # depth of the ground at each row
+    lateral = (x - 0.5) * z  # metres from the camera's axis
+    if rng.integers(2):  # squares
+        parity = (np.floor(lateral / TILE) + np.floor(z / TILE)) % 2
+    else:  # bands across
+        parity = np.broadcast_to(np.floor(z / TILE) % 2, lateral.shape)
+    a = _grey_colour(rng)
+    b = a + rng.choice([-1, 1]) * rng.uniform(40, 90) + rng.normal(0, 15, 3)  # contrasted
+    haze = 1 - np.exp(-z / 12.0)[..., None]  # aerial perspective: far is paler
+    image[first:] = (a + (b - a) * parity[..., None]) * (1 - haze) + low * haze
+    depth[first:] = np.where(z < FAR, z, 0)
+
+    # --- objects, the farthest first (nearer ones hide them)
+    nearest = camera_height / (1 - horizon)  # the ground depth at the bottom edge
+    count = rng.integers(1, 4)
+    # (uniform in log depth: as many objects from 2 to 4 m as from 6 to 12 m)
+    distances = np.sort(np.exp(rng.uniform(np.log(nearest * 1.1 + 0.2), np.log(12.0),
+                                           count)))[::-1]
+    for distance in distances:
+        foot = horizon + camera_height / distance  # the ground row at that depth
+        centre = rng.uniform(0.15, 0.85)
+        colour = _bright_colour(rng)
+        disc = bool(rng.integers(2))
+        if disc:  # standing on its edge
+            half_width = radius = rng.uniform(0.2, 0.6) / distance
+            height = 2 * radius
+        else:  # a box
+            half_width = rng.uniform(0.15, 0.5) / distance
+            height = rng.uniform(0.3, 1.5) / distance
+        # (drawn on the samples of its bounding box only)
+        rows = slice(*np.searchsorted(coordinates, [foot - height, foot]))
+        columns = slice(*np.searchsorted(coordinates, [centre - half_width,
+                                                       centre + half_width]))
+        up = (foot - y[rows]) / height  # 0 at the foot, 1 at the top
+        across = (x[:, columns] - centre) / half_width  # -1 to 1
+        if disc:
+            r2 = across**2 + (2 * up - 1) ** 2
+            shape, shade = r2 < 1, 1 - 0.3 * np.clip(r2, 0, 1)
+        else:
+            shape = np.ones(up.shape[:1] + across.shape[1:], bool)
+            shade = np.broadcast_to(0.75 + 0.25 * up, shape.shape)
+        image[rows, columns][shape] = colour * shade[shape][:, None]
+        depth[rows, columns][shape] = distance
+
+    # --- to pixels: the mean of each pixel's samples; depth at its centre
+    image = image.reshape(size, SUPERSAMPLING, size, SUPERSAMPLING, 3).mean((1, 3))
+    image = image + rng.normal(0, 4, image.shape)
+    centre = SUPERSAMPLING // 2
+    depth = depth[centre::SUPERSAMPLING, centre::SUPERSAMPLING].copy()
+    depth[rng.random(depth.shape) < DROPOUT] = 0
+    return np.clip(image, 0, 255).astype("uint8"), depth.astype("float32")
+
+
+def depth_dataset(samples: int, size: int = 64, seed: int = 0):
+    """`samples` uint8 RGB images `(size, size, 3)` and float32 depth maps `(size, size)`."""
+    rng = np.random.default_rng(seed)
+    images = np.empty((samples, size, size, 3), "uint8")
+    depths = np.empty((samples, size, size), "float32")
+    for i in range(samples):
+        images[i], depths[i] = depth_scene(rng, size)
+    return images, depths
+
+
+def build_model(preset: str | None, decoder_hidden_size: int):
+    """A GLPN depth estimator: a small PVT v2 from scratch, or a new decoder and head on
+    `preset`'s backbone. Images are only rescaled to [0, 1] (64x64 is a multiple of 32)."""
+    if preset:
+        backbone = load_backbone(preset)
+    else:
+        backbone = keras_pvt.PVTv2Backbone(
+            hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1], num_heads=[1, 2, 4, 8],
+            mlp_ratios=[4, 4, 4, 4], sr_ratios=[8, 4, 2, 1],
+        )
+    return keras_pvt.GLPNDepthEstimator(
+        backbone=backbone, preprocessor=keras_pvt.GLPNDepthEstimatorPreprocessor(),
+        decoder_hidden_size=decoder_hidden_size, max_depth=MAX_DEPTH,
+    )
+
+
+def load_backbone(preset: str):
+    """The backbone of any keras_pvt preset (backbone, classifier, segmenter or depth
+    estimator; a name, `hf://` handle or directory), whatever its family."""
+    errors = []
+    for family in (keras_pvt.PVTv2Backbone, keras_pvt.PVTBackbone, keras_pvt.CvTBackbone):
+        try:
+            return family.from_preset(preset)
+        except ValueError as error:  # another family's preset
+            errors.append(f"{family.__name__}: {error}")
+    raise ValueError(f"{preset} holds no keras_pvt backbone:\n" + "\n".join(errors))
+
+
+def depth_errors(truth: np.ndarray, predicted: np.ndarray) -> tuple[float, float]:
+    """abs-rel `mean(|predicted - truth| / truth)` and δ < 1.25 (the share of pixels with
+    `max(predicted / truth, truth / predicted) < 1.25`) over the measured pixels."""
+    valid = truth > 0
+    target = truth[valid].astype("float64")
+    estimate = np.maximum(np.broadcast_to(predicted, truth.shape)[valid], 1e-3)
+    ratio = np.maximum(estimate / target, target / estimate)
+    return float(np.mean(np.abs(estimate - target) / target)), float(np.mean(ratio < 1.25))
+
+
+def row_medians(depths: np.ndarray) -> np.ndarray:
+    """The median measured depth of each image row, `(height, 1)` (the farthest where a row
+    has none)."""
+    medians = [np.median(row[row > 0]) if (row > 0).any() else FAR
+               for row in depths.transpose(1, 0, 2)]
+    return np.array(medians, "float32")[:, None]
+
+
+def draw_picture(path: str, images, truth, predicted, columns: int = 6, scale: int = 2):
+    """Held-out images, each above its true and its predicted depth (near bright, far dark,
+    on the same scale; unmeasured pixels grey)."""
+    from PIL import Image
+
+    from keras_pvt.visualize import depth_image
+
+    shown = slice(0, columns)
+    valid = truth[shown][truth[shown] > 0]
+    near, far = float(valid.min()), float(np.percentile(valid, 98))
+    cells = []
+    for image, true, estimate in zip(images[shown], truth[shown], predicted[shown]):
+        true_picture = np.array(depth_image(true, near, far))
+        true_picture[true == 0] = 128
+        cells.append(np.concatenate(
+            [image, true_picture, np.asarray(depth_image(estimate, near, far))], axis=0))
+    gap = np.full((cells[0].shape[0], 2, 3), 255, "uint8")
+    grid = np.concatenate(sum(([cell, gap] for cell in cells), [])[:-1], axis=1)
+    picture = Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale),
+                                           Image.Resampling.NEAREST)
+    picture.save(path, optimize=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", help="start from this preset's backbone (name, hf://, "
+                        "or path); by default a small PVT v2 trained from scratch")
+    parser.add_argument("--image-size", type=int, default=64,
+                        help="image size (a multiple of 32: no resizing)")
+    parser.add_argument("--samples", type=int, default=1200, help="images (20%% held out)")
+    parser.add_argument("--epochs", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--learning-rate", type=float,
+                        help="peak learning rate; 2e-3 from scratch, 5e-4 with --preset")
+    parser.add_argument("--decoder-hidden-size", type=int, default=32)
+    parser.add_argument("--output", help="save the trained depth estimator here (a preset)")
+    parser.add_argument("--picture", help="draw held-out predictions into this PNG file")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    keras.utils.set_random_seed(args.seed)
+    start = time.perf_counter()
+
+    images, depths = depth_dataset(args.samples, args.image_size, seed=args.seed)
+    split = int(0.8 * len(images))
+    train, held_out = (images[:split], depths[:split]), (images[split:], depths[split:])
+
+    model = build_model(args.preset, args.decoder_hidden_size)
+    learning_rate = args.learning_rate
+    if learning_rate is None:
+        learning_rate = 5e-4 if args.preset else 2e-3
+    # AdamW as GLPN, with one epoch of linear warm-up then a cosine decay.
+    steps_per_epoch = -(-len(train[0]) // args.batch_size)
+    warmup = steps_per_epoch
+    schedule = keras.optimizers.schedules.CosineDecay(
+        0.0, max(args.epochs * steps_per_epoch - warmup, 1), alpha=0.02,
+        warmup_target=learning_rate, warmup_steps=warmup,
+    )
+    # The default loss (`SiLogLoss`) and metrics (abs-rel and δ < 1.25 on the training
+    # batches); pixels of depth 0 are left out of all three.
+    model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=0.01))
+    # `fit` does not shuffle NumPy arrays (keras-hub batches them in order): one `fit` per
+    # epoch on a new permutation.
+    order = np.random.default_rng(args.seed + 1)
+    for epoch in range(args.epochs):
+        permutation = order.permutation(len(train[0]))
+        history = model.fit(train[0][permutation], train[1][permutation],
+                            batch_size=args.batch_size, shuffle=False, verbose=0).history
+        print(f"epoch {epoch + 1}/{args.epochs}: loss {history['loss'][-1]:.4f}, training "
+              f"abs-rel {history['abs_rel'][-1]:.3f}, δ<1.25 {history['delta_1.25'][-1]:.3f} "
+              f"({time.perf_counter() - start:.0f} s)", flush=True)
+
+    # Depth in metres at each image's own size, as an application would get it.
+    predicted = model.predict_depth(held_out[0], batch_size=64)
+    abs_rel, delta = depth_errors(held_out[1], predicted)
+    print(f"held-out abs-rel: {abs_rel:.3f}")
+    print(f"held-out delta<1.25: {delta:.3f}")
+    median = float(np.median(train[1][train[1] > 0]))
+    abs_rel, delta = depth_errors(held_out[1], np.float32(median))
+    print(f"baseline abs-rel: {abs_rel:.3f} (delta<1.25 {delta:.3f}; the training images' "
+          f"median depth, {median:.2f} m, everywhere)")
+    abs_rel, delta = depth_errors(held_out[1], row_medians(train[1]))
+    print(f"row baseline abs-rel: {abs_rel:.3f} (delta<1.25 {delta:.3f}; the training "
+          "images' median depth of each row)")
+    print(f"time: {time.perf_counter() - start:.0f} s")  # DEBUG
+    if args.output:
+        model.save_to_preset(args.output)
+        print(f"saved to {args.output}")
+    if args.picture:
+        draw_picture(args.picture, held_out[0], held_out[1], predicted)
+        print(f"picture written to {args.picture}")
+
+
+if __name__ == "__main__":
+    main()
