@@ -1,9 +1,40 @@
 """Train a small GLPN to estimate depth in synthetic outdoor scenes.
 
-    python examples/depth_shapes.py [--preset PRESET] [--image-size 64] [--epochs 16]
+    python examples/depth_shapes.py [--preset PRESET] [--samples 800] [--epochs 8]
         [--output DIR] [--picture FILE.png]
 
-TODO docstring
+The dataset is made on the fly (no download): a camera 1.2 to 1.8 m above a flat ground
+textured with squares or bands of 0.5 m (so their size in the picture shrinks with
+distance, and the haze thickens), the horizon at a random row, and 1 to 3 upright boxes and
+discs standing on the ground 2 to 12 m away, their foot on the ground row of their depth
+and their size in proportion to 1 / depth. Depth maps are in metres, with 0 for
+"unmeasured": the sky, the ground beyond 20 m and 5% of the other pixels, at random (they
+are left out of the loss and of every figure). 64x64 images; 20% of them are held out.
+
+Without `--preset`, a small PVT v2 backbone (hidden sizes 16/32/64/128, one block per stage,
+0.51M parameters with the decoder) and GLPN's decoder and head (32 channels) are trained
+from scratch with GLPN's scale-invariant log loss; with `--preset` (a backbone,
+classifier, segmenter or depth estimator preset: a name, `hf://` handle or directory), a
+new decoder and head are trained on the preset's pretrained backbone. At the end the
+held-out abs-rel (mean |predicted - true| / true) and δ < 1.25 (the share of pixels within
+25% of the truth) are printed, computed from `predict_depth` over the measured pixels,
+with two baselines: the training images' median depth everywhere, and their median depth
+of each image row. `--output` saves the trained model as a preset
+(`keras_pvt.GLPNDepthEstimator.from_preset(DIR)` reloads it) and `--picture` draws a few
+held-out images with their true and predicted depth (Pillow only).
+
+Runs on any Keras backend (`KERAS_BACKEND=jax|tensorflow|torch`). Measured with the default
+settings (800 images of 64x64, 8 epochs, from scratch) on 2 CPU cores shared with other
+work, Keras 3.15 (the baselines score abs-rel 0.386, δ<1.25 0.319 for the median depth,
+and 0.229, 0.613 for the median of each row):
+
+    backend      held-out abs-rel   held-out δ<1.25   wall time (imports included)
+    tensorflow   TODO
+    jax          TODO
+    torch        TODO
+
+On a busy machine, PyTorch's OpenMP threads can slow the training steps down 10-20x:
+`OMP_NUM_THREADS=1` avoids that.
 """
 
 import argparse
@@ -49,7 +80,7 @@ def depth_scene(rng, size: int = 64):
     coordinates = ((np.arange(n) + 0.5) / n).astype("float32")  # in image heights
     y, x = coordinates[:, None], coordinates[None, :]
     horizon = rng.uniform(0.2, 0.45)
-    camera_height = rng.uniform(1.0, 2.0)
+    camera_height = rng.uniform(1.2, 1.8)
 
     # --- sky: a vertical gradient
     top = rng.uniform([40, 90, 170], [110, 160, 240])
@@ -169,26 +200,48 @@ def row_medians(depths: np.ndarray) -> np.ndarray:
     return np.array(medians, "float32")[:, None]
 
 
+def unmeasured_regions(depth: np.ndarray) -> np.ndarray:
+    """The pixels of 0 depth with at least 4 of their 8 neighbours also 0: the sky and the
+    far ground, not the pixels dropped at random."""
+    zero = np.pad(depth == 0, 1)
+    neighbours = sum(zero[1 + dy:zero.shape[0] - 1 + dy, 1 + dx:zero.shape[1] - 1 + dx]
+                     for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx)
+    return (depth == 0) & (neighbours >= 4)
+
+
 def draw_picture(path: str, images, truth, predicted, columns: int = 6, scale: int = 2):
-    """Held-out images, each above its true and its predicted depth (near bright, far dark,
-    on the same scale; unmeasured pixels grey)."""
-    from PIL import Image
+    """The first held-out images, each above its true and its predicted depth (near bright,
+    far dark, on one scale for all). Unmeasured pixels are grey in the truth, and so are the
+    unmeasured regions (sky, far ground) in the prediction."""
+    from PIL import Image, ImageDraw, ImageFont
 
     from keras_pvt.visualize import depth_image
 
     shown = slice(0, columns)
     valid = truth[shown][truth[shown] > 0]
-    near, far = float(valid.min()), float(np.percentile(valid, 98))
+    near, far = float(valid.min()), float(np.percentile(valid, 90))
+    grey = np.array([128, 128, 128], "uint8")
     cells = []
     for image, true, estimate in zip(images[shown], truth[shown], predicted[shown]):
         true_picture = np.array(depth_image(true, near, far))
-        true_picture[true == 0] = 128
-        cells.append(np.concatenate(
-            [image, true_picture, np.asarray(depth_image(estimate, near, far))], axis=0))
-    gap = np.full((cells[0].shape[0], 2, 3), 255, "uint8")
-    grid = np.concatenate(sum(([cell, gap] for cell in cells), [])[:-1], axis=1)
-    picture = Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale),
-                                           Image.Resampling.NEAREST)
+        true_picture[true == 0] = grey
+        predicted_picture = np.array(depth_image(estimate, near, far))
+        predicted_picture[unmeasured_regions(true)] = grey
+        cells.append(np.concatenate([image, true_picture, predicted_picture], axis=0))
+    gap = np.full((cells[0].shape[0], 1, 3), 255, "uint8")
+    grid = np.concatenate([part for cell in cells for part in (gap, cell)], axis=1)
+    height, width = grid.shape[0] * scale, grid.shape[1] * scale
+    picture = Image.new("RGB", (width + 70, height), "white")
+    picture.paste(Image.fromarray(grid).resize((width, height), Image.Resampling.NEAREST),
+                  (70, 0))
+    draw = ImageDraw.Draw(picture)
+    try:
+        font = ImageFont.load_default(13)
+    except (TypeError, ValueError, OSError):  # Pillow without FreeType
+        font = ImageFont.load_default()
+    size = images.shape[1] * scale
+    for row, label in enumerate(("image", "true depth", "predicted")):
+        draw.text((4, row * size + size // 2 - 7), label, fill="black", font=font)
     picture.save(path, optimize=True)
 
 
@@ -198,11 +251,11 @@ def main():
                         "or path); by default a small PVT v2 trained from scratch")
     parser.add_argument("--image-size", type=int, default=64,
                         help="image size (a multiple of 32: no resizing)")
-    parser.add_argument("--samples", type=int, default=1200, help="images (20%% held out)")
-    parser.add_argument("--epochs", type=int, default=16)
+    parser.add_argument("--samples", type=int, default=800, help="images (20%% held out)")
+    parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float,
-                        help="peak learning rate; 2e-3 from scratch, 5e-4 with --preset")
+                        help="peak learning rate; 3e-3 from scratch, 5e-4 with --preset")
     parser.add_argument("--decoder-hidden-size", type=int, default=32)
     parser.add_argument("--output", help="save the trained depth estimator here (a preset)")
     parser.add_argument("--picture", help="draw held-out predictions into this PNG file")
@@ -218,7 +271,7 @@ def main():
     model = build_model(args.preset, args.decoder_hidden_size)
     learning_rate = args.learning_rate
     if learning_rate is None:
-        learning_rate = 5e-4 if args.preset else 2e-3
+        learning_rate = 5e-4 if args.preset else 3e-3
     # AdamW as GLPN, with one epoch of linear warm-up then a cosine decay.
     steps_per_epoch = -(-len(train[0]) // args.batch_size)
     warmup = steps_per_epoch
@@ -241,7 +294,8 @@ def main():
               f"({time.perf_counter() - start:.0f} s)", flush=True)
 
     # Depth in metres at each image's own size, as an application would get it.
-    predicted = model.predict_depth(held_out[0], batch_size=64)
+    # (JAX compiles the forward pass once per batch shape: 32 divides the default 160)
+    predicted = model.predict_depth(held_out[0], batch_size=32)
     abs_rel, delta = depth_errors(held_out[1], predicted)
     print(f"held-out abs-rel: {abs_rel:.3f}")
     print(f"held-out delta<1.25: {delta:.3f}")
@@ -252,7 +306,7 @@ def main():
     abs_rel, delta = depth_errors(held_out[1], row_medians(train[1]))
     print(f"row baseline abs-rel: {abs_rel:.3f} (delta<1.25 {delta:.3f}; the training "
           "images' median depth of each row)")
-    print(f"time: {time.perf_counter() - start:.0f} s")  # DEBUG
+    print(f"time: {time.perf_counter() - start:.0f} s")
     if args.output:
         model.save_to_preset(args.output)
         print(f"saved to {args.output}")

@@ -122,11 +122,13 @@ def cmd_segment(args) -> int:
     images = args.images or [sample_image_path()]
     try:
         _check_images(images)
-        _output_directory(args.output)
+        _check_output(args.output)
         # The family comes from the preset name or the checkpoint itself.
         model = hub.task_class(args.preset, "segmenter").from_preset(args.preset)
     except (ImageError, NotADirectoryError, PresetError, CheckpointError) as error:
         print(f"keras-pvt: {error}", file=sys.stderr)
+        return 2
+    if not _make_output(args.output):
         return 2
     from keras_pvt.visualize import class_colors, class_shares, mask_image, overlay_image
 
@@ -163,14 +165,21 @@ def cmd_segment(args) -> int:
     return 0
 
 
-def _output_directory(output: Path) -> None:
-    """Creates `--output` (raises NotADirectoryError / OSError with a one-line reason)."""
+def _check_output(output: Path) -> None:
+    """`--output` must be a directory or not exist yet (checked before a model loads)."""
     if output.exists() and not output.is_dir():
         raise NotADirectoryError(f"--output {output} exists and is not a directory")
+
+
+def _make_output(output: Path) -> bool:
+    """Creates `--output` (after the model loaded: nothing is created for a refused preset);
+    False, with a one-line message, if it cannot be."""
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise NotADirectoryError(f"cannot create --output {output}: {error}") from error
+        print(f"keras-pvt: cannot create --output {output}: {error}", file=sys.stderr)
+        return False
+    return True
 
 
 def cmd_depth(args) -> int:
@@ -183,11 +192,13 @@ def cmd_depth(args) -> int:
     images = args.images or [sample_image_path()]
     try:
         _check_images(images)
-        _output_directory(args.output)
+        _check_output(args.output)
         # The family comes from the preset name or the checkpoint itself.
         model = hub.task_class(args.preset, "depth_estimator").from_preset(args.preset)
     except (ImageError, NotADirectoryError, PresetError, CheckpointError) as error:
         print(f"keras-pvt: {error}", file=sys.stderr)
+        return 2
+    if not _make_output(args.output):
         return 2
     from keras_pvt.visualize import depth_image
 

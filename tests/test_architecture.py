@@ -144,7 +144,8 @@ def test_legacy_presets_and_keras_files_load(name, cls, legacy_expected):
 def test_every_family_registers_its_tasks_and_presets():
     assert [f.name for f in FAMILIES] == ["pvt_v2", "pvt", "cvt"]
     for family in FAMILIES:
-        assert [task.name for task in family.tasks] == ["classifier", "segmenter"]
+        assert [task.name for task in family.tasks] == ["classifier", "segmenter",
+                                                        "depth_estimator"]
         for task in family.tasks:
             assert task.model_cls.backbone_cls is family.backbone_cls
         classifier = family.task("classifier")
@@ -161,6 +162,8 @@ def test_every_family_registers_its_tasks_and_presets():
     assert "mit_b0" in keras_pvt.PVTv2Classifier.presets
     assert not segmenters & set(keras_pvt.PVTv2Classifier.presets)
     assert set(keras_pvt.PVTv2Backbone.presets) == set(FAMILIES[0].presets)
+    assert set(keras_pvt.GLPNDepthEstimator.presets) == {"glpn_nyu", "glpn_kitti"}
+    assert not set(keras_pvt.GLPNDepthEstimator.presets) & segmenters
 
 
 def test_cli_detects_the_family_of_a_local_preset(tmp_path):

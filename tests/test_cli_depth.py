@@ -125,6 +125,8 @@ def test_errors_are_one_line_with_status_2(argv, message, checkpoint, tmp_path, 
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("keras-pvt: ") and "\n" not in err and message in err
+    # Nothing is created before the model has loaded.
+    assert (tmp_path / "out").exists() == (message == "smaller than 32 pixels")
 
 
 def test_output_must_be_a_directory(checkpoint, tmp_path, capsys):

@@ -107,7 +107,8 @@ def test_bicubic_resize_matches_pytorch():
         want = torch.nn.functional.interpolate(
             torch.from_numpy(x).permute(0, 3, 1, 2), size=size, mode="bicubic",
             align_corners=False).permute(0, 2, 3, 1).numpy()
-        np.testing.assert_allclose(numpy(bicubic_resize(keras.ops.convert_to_tensor(x), size, axis=1)), want, atol=1e-5)
+        got = bicubic_resize(keras.ops.convert_to_tensor(x), size, axis=1)
+        np.testing.assert_allclose(numpy(got), want, atol=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +134,15 @@ def test_depth_targets_that_do_not_fit_are_explained(estimator):
         estimator.fit(images, depths.astype(bool), epochs=1, verbose=0)
     with pytest.raises(ValueError, match="0 < min_depth < max_depth"):
         keras_pvt.GLPNDepthEstimator(backbone=estimator.backbone, max_depth=0)
+
+
+def test_any_input_size_gives_depth_at_that_size(estimator):
+    """Sizes that are not multiples of 32 (which transformers' decoder cannot take) still
+    give depth at the input size, within [0, max_depth]."""
+    for height, width in ((67, 99), (96, 33)):
+        depth = numpy(estimator(np.full((1, height, width, 3), 0.5, "float32")))
+        assert depth.shape == (1, height, width, 1)
+        assert np.all((depth >= 0) & (depth <= estimator.max_depth))
 
 
 def test_predict_depth_takes_any_image_sizes(estimator):

@@ -3,6 +3,7 @@ test, on checkpoints taken through the path real ones use (`save_pretrained`, th
 `from_preset(path)`)."""
 
 import json
+import textwrap
 
 import keras
 import numpy as np
@@ -92,16 +93,6 @@ def test_preprocessing_and_predict_depth_match_transformers(glpn_b0, record_delt
         assert delta < 1e-4
 
 
-def test_any_input_size_gives_depth_at_that_size(glpn_b0):
-    """Sizes that are not multiples of 32 (which transformers' decoder cannot take) still
-    give depth at the input size."""
-    _, model, _ = glpn_b0
-    for height, width in ((67, 99), (96, 33)):
-        depth = keras.ops.convert_to_numpy(model(images(1, height, width)))
-        assert depth.shape == (1, height, width, 1)
-        assert np.all((depth >= 0) & (depth <= model.max_depth))
-
-
 def test_a_glpn_checkpoint_is_refused_as_another_task(glpn_b0):
     _, _, path = glpn_b0
     with pytest.raises(keras_pvt.PresetError,
@@ -140,7 +131,7 @@ def test_named_preset_offline_with_its_licence(tmp_path, record_delta):
     named once, and recorded in the cache's manifest."""
     import sys
 
-    from tests.helpers.hub_cache import offline_env, place_in_hf_cache, run
+    from tests.helpers.hub_cache import REPO_ROOT, offline_env, place_in_hf_cache, run
 
     hf_cache = tmp_path / "hf"
     reference = hf_glpn("tiny", max_depth=10)
@@ -161,6 +152,21 @@ def test_named_preset_offline_with_its_licence(tmp_path, record_delta):
     delta = relative_delta(np.load(tmp_path / "depth.npy")[..., 0], want)
     record_delta("named preset glpn_nyu (offline HF cache) depth (relative)", delta)
     assert delta < 1e-4
+
+    # README's depth example, as written, on the same offline preset.
+    readme = (REPO_ROOT / "README.md").read_text().split("## Depth", 1)[1]
+    code = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    result = run([sys.executable, "-c", code], offline_env(hf_cache, tmp_path / "keras"))
+    lines = result.stdout.strip().splitlines()
+    assert "(300, 256) float32" in lines and "(1, 288, 256, 1)" in lines, result.stdout
+    assert "abs_rel" in result.stdout and "delta_1.25" in result.stdout, result.stdout
+
+    # GLPNDepthEstimator's docstring example.
+    example = keras_pvt.GLPNDepthEstimator.__doc__.split("```python\n", 1)[1].split("```")[0]
+    code = ("import numpy as np\nimport keras_pvt\nimage = np.zeros((50, 70, 3), 'uint8')\n"
+            + textwrap.dedent(example) + "print(depth.shape)\n")
+    result = run([sys.executable, "-c", code], offline_env(hf_cache, tmp_path / "keras"))
+    assert result.stdout.strip().splitlines()[-1] == "(50, 70)"
 
 
 def test_presets_list_the_depth_estimators():
