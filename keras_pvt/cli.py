@@ -250,9 +250,11 @@ def cmd_presets(args) -> int:
 
     presets = hub.all_presets()
     width = max(len(name) for name in presets)
-    print(f"{'preset':{width}s}  {'task':10s}  {'params':>12s}  source")
+    task_width = max(len(preset.task) for _, preset in presets.values())
+    print(f"{'preset':{width}s}  {'task':{task_width}s}  {'params':>12s}  source")
     for name, (_, preset) in presets.items():
-        print(f"{name:{width}s}  {preset.task:10s}  {preset.params:12,d}  hf://{preset.hf_repo}")
+        print(f"{name:{width}s}  {preset.task:{task_width}s}  {preset.params:12,d}  "
+              f"hf://{preset.hf_repo}")
         if args.verbose:
             print(f"{'':{width}s}  {preset.description}")
             print(f"{'':{width}s}  licence: {preset.license.describe()}")

@@ -365,7 +365,7 @@ def test_image_converter_from_hub_preprocessor_configs(tmp_path):
     current = {**legacy, "size": {"shortest_edge": 224}}
     for config, size in [(legacy, 384), (current, 224)]:
         checkpoint = Checkpoint(tmp_path, tmp_path, {}, preprocessor_config=config)
-        converter = _image_converter(FAMILY, FAMILY.image_converter_cls, checkpoint)
+        converter = _image_converter(FAMILY, None, FAMILY.image_converter_cls, checkpoint)
         assert converter.image_size == (size, size) and converter.crop_pct == 0.875
         assert converter.interpolation == "bicubic"
         assert converter._crops() == (size < 384)

@@ -2,6 +2,7 @@
 metrics against their definitions, training, depth-map checks, preprocessing errors."""
 
 import keras
+import keras_hub
 import numpy as np
 import pytest
 import torch
@@ -62,6 +63,8 @@ def test_glpn_head_on_pvt_v1_and_cvt(family, tmp_path):
     model.save_to_preset(str(tmp_path))
     loaded = keras_pvt.GLPNDepthEstimator.from_preset(str(tmp_path))
     assert type(loaded) is expected_cls and loaded.max_depth == 10
+    # keras-hub's own entry point finds the family's class too.
+    assert type(keras_hub.models.DepthEstimator.from_preset(str(tmp_path))) is expected_cls
     np.testing.assert_allclose(numpy(loaded(images[:2] / 255)), numpy(model(images[:2] / 255)),
                                atol=1e-5)
 

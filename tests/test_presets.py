@@ -178,3 +178,10 @@ def test_cli_presets_verbose_names_task_and_licence(tmp_path):
                for line in licences) == 18
     assert sum(line.startswith("licence: Apache-2.0") for line in licences) == 11
     assert sum(line.startswith("licence: MIT") for line in licences) == 7
+    assert rows["glpn_nyu"][1] == "depth_estimator"
+    assert sum("GLPDepth terms" in line and "non-commercial" in line for line in licences) == 2
+    header = lines[0].split()
+    assert header == ["preset", "task", "params", "source"]
+    # columns aligned: every row's params column ends where the header's does
+    end = lines[0].index("params") + len("params")
+    assert all(line[end - 1].isdigit() for line in lines[1:] if not line.startswith(" "))

@@ -132,10 +132,10 @@ def check_family(family: Family, model_cls, what) -> None:
         return  # a task for any backbone
     if not issubclass(family.backbone_cls, target):
         classes = [task.model_cls.__name__ for task in family.tasks]
+        classes.append(family.backbone_cls.__name__)
         raise CheckpointError(
             f"{what} is a {family.name} checkpoint; load it with "
-            f"{' or '.join([*classes, family.backbone_cls.__name__])}, not "
-            f"{model_cls.__name__}."
+            f"{', '.join(classes[:-1])} or {classes[-1]}, not {model_cls.__name__}."
         )
 
 

@@ -205,7 +205,8 @@ def test_checkpoint_for_another_class(hf_tiny):
         pass
 
     with pytest.raises(CheckpointError, match="is a pvt_v2 checkpoint; load it with "
-                       "PVTv2Classifier or PVTv2SegFormerSegmenter or PVTv2Backbone, not "
+                       "PVTv2Classifier, PVTv2SegFormerSegmenter, PVTv2GLPNDepthEstimator or "
+                       "PVTv2Backbone, not "
                        "OtherBackbone"):
         OtherBackbone.from_preset(str(hf_tiny[1]))
 
