@@ -49,6 +49,9 @@ class GLPNImageConverter(ImageConverter):
         kwargs.setdefault("crop_to_aspect_ratio", False)
         super().__init__(image_size=None, scale=scale, offset=offset, **kwargs)
         self.size_divisor = size_divisor
+        # Built here (it has no weights): keras' JAX predict runs an uncompiled forward pass
+        # whenever a layer of the model is unbuilt.
+        self.resizing.build((None, None, None, 3))
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """The size an image of `height x width` is resized to."""
