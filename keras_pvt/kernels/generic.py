@@ -32,8 +32,10 @@ def inference_pieces(layer, inputs, training) -> int | None:
     activations for the backward pass, which measured slower. Counted in float32 bytes.
     """
     batch = inputs.shape[0]
-    if training or len(inputs.shape) != 4 or None in inputs.shape[:3]:
-        return None  # (TensorFlow's relaxed traces leave the height and width unknown)
+    if training or len(inputs.shape) != 4:
+        return None
+    if not all(isinstance(d, int) for d in inputs.shape[:3]):
+        return None  # unknown (TensorFlow's relaxed traces) or symbolic (JAX export) sizes
     per_image = inputs.shape[1] * inputs.shape[2] * layer.intermediate_size * 4
     per_chunk = images_per_chunk(batch, per_image, divisor=True)
     return per_chunk if per_chunk < batch else None
