@@ -144,10 +144,9 @@ def test_depth_targets_that_do_not_fit_are_explained(estimator):
 def test_any_input_size_gives_depth_at_that_size(estimator):
     """Sizes that are not multiples of 32 (which transformers' decoder cannot take) still
     give depth at the input size, within [0, max_depth]."""
-    for height, width in ((67, 99), (96, 33)):
-        depth = numpy(estimator(np.full((1, height, width, 3), 0.5, "float32")))
-        assert depth.shape == (1, height, width, 1)
-        assert np.all((depth >= 0) & (depth <= estimator.max_depth))
+    depth = numpy(estimator(np.full((1, 67, 99, 3), 0.5, "float32")))
+    assert depth.shape == (1, 67, 99, 1)
+    assert np.all((depth >= 0) & (depth <= estimator.max_depth))
 
 
 def test_predict_depth_takes_any_image_sizes(estimator):
