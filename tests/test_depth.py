@@ -9,23 +9,13 @@ import torch
 
 import keras_pvt
 from keras_pvt.layers.resize import bicubic_resize
+from tests.helpers.deploy import family_backbone
 
 SIZE = 64
 
 
 def numpy(x):
     return keras.ops.convert_to_numpy(x)
-
-
-def tiny_backbone(family: str):
-    keras.utils.set_random_seed(0)
-    if family == "pvt_v2":
-        return keras_pvt.PVTv2Backbone(hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1],
-                                       num_heads=[1, 2, 3, 4], mlp_ratios=4)
-    if family == "pvt":
-        return keras_pvt.PVTBackbone(hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1],
-                                     num_heads=[1, 2, 3, 4], mlp_ratios=4)
-    return keras_pvt.CvTBackbone(hidden_sizes=[8, 16, 24], depths=[1, 1, 1], num_heads=[1, 2, 3])
 
 
 def ramps(n: int, seed: int = 0, height: int = SIZE, width: int = SIZE):
@@ -43,7 +33,7 @@ def ramps(n: int, seed: int = 0, height: int = SIZE, width: int = SIZE):
 
 @pytest.mark.parametrize("family", ["pvt", "cvt"])
 def test_glpn_head_on_pvt_v1_and_cvt(family, tmp_path):
-    backbone = tiny_backbone(family)
+    backbone = family_backbone(family)
     model = keras_pvt.GLPNDepthEstimator(backbone=backbone,
                                          preprocessor=keras_pvt.GLPNDepthEstimatorPreprocessor(),
                                          decoder_hidden_size=16, max_depth=10)
@@ -119,7 +109,7 @@ def test_bicubic_resize_matches_pytorch():
 @pytest.fixture(scope="module")
 def estimator():
     return keras_pvt.GLPNDepthEstimator(
-        backbone=tiny_backbone("pvt_v2"),
+        backbone=family_backbone("pvt_v2"),
         preprocessor=keras_pvt.GLPNDepthEstimatorPreprocessor(), decoder_hidden_size=16)
 
 

@@ -13,6 +13,7 @@ import torch
 
 import keras_pvt
 from keras_pvt.tasks.segformer import reduce_labels
+from tests.helpers.deploy import family_backbone
 
 SIZE = 64
 NUM_CLASSES = 3
@@ -20,17 +21,6 @@ NUM_CLASSES = 3
 
 def numpy(x):
     return keras.ops.convert_to_numpy(x)
-
-
-def tiny_backbone(family: str):
-    keras.utils.set_random_seed(0)
-    if family == "pvt_v2":
-        return keras_pvt.PVTv2Backbone(hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1],
-                                       num_heads=[1, 2, 3, 4], mlp_ratios=4)
-    if family == "pvt":
-        return keras_pvt.PVTBackbone(hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1],
-                                     num_heads=[1, 2, 3, 4], mlp_ratios=4)
-    return keras_pvt.CvTBackbone(hidden_sizes=[8, 16, 24], depths=[1, 1, 1], num_heads=[1, 2, 3])
 
 
 def colour_masks(n: int, seed: int = 0):
@@ -49,7 +39,7 @@ def colour_masks(n: int, seed: int = 0):
 
 @pytest.mark.parametrize("family", ["pvt", "cvt"])
 def test_segformer_head_on_pvt_v1_and_cvt(family, tmp_path):
-    backbone = tiny_backbone(family)
+    backbone = family_backbone(family)
     model = keras_pvt.SegFormerSegmenter(backbone=backbone, num_classes=NUM_CLASSES,
                                          decoder_hidden_size=16, class_names=["a", "b", "c"])
     expected_cls = {"pvt": keras_pvt.PVTSegFormerSegmenter,
@@ -114,7 +104,7 @@ def test_reduce_labels_like_transformers():
 
 @pytest.fixture(scope="module")
 def segmenter():
-    return keras_pvt.SegFormerSegmenter(backbone=tiny_backbone("pvt_v2"), num_classes=5,
+    return keras_pvt.SegFormerSegmenter(backbone=family_backbone("pvt_v2"), num_classes=5,
                                         decoder_hidden_size=8)
 
 
@@ -159,7 +149,7 @@ def test_segment_takes_any_image_sizes(segmenter):
 
 def test_keras_hub_heads_take_keras_pvt_backbones():
     """keras-hub's DeepLabV3 and RetinaNet build on a keras_pvt backbone's pyramid."""
-    backbone = tiny_backbone("pvt_v2")
+    backbone = family_backbone("pvt_v2")
     x = np.zeros((1, SIZE, SIZE, 3), "float32")
     deeplab = keras_hub.models.DeepLabV3Backbone(
         image_encoder=backbone, spatial_pyramid_pooling_key="P5", upsampling_size=8,

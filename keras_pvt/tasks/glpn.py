@@ -22,6 +22,7 @@ from keras_pvt.layers.core import Layer
 from keras_pvt.layers.resize import ResizeLike, Upsample, bicubic_resize
 from keras_pvt.models.base import FamilyTaskMixin, PresetMixin
 from keras_pvt.tasks.depth import AbsRelError, DeltaAccuracy, SiLogLoss
+from keras_pvt.tasks.per_image import predict_per_image
 
 # === Preprocessing ===
 
@@ -328,48 +329,24 @@ class GLPNDepthEstimator(PythonDataMixin, FamilyTaskMixin, PresetMixin, DepthEst
             float32 depth: `(height, width)` for one image, `(batch, height, width)` for a
             batch, a list of `(height_i, width_i)` for a list.
         """
-        single = hasattr(images, "shape") and len(images.shape) == 3
-        if single:
-            images = [images]
-        items = [np.asarray(image) for image in images]
         converter = getattr(self.preprocessor, "image_converter", None)
-        for item in items:
-            if item.ndim != 3:
-                raise ValueError(
-                    "predict_depth() takes images of shape (height, width, channels); "
-                    f"received an array of shape {item.shape}."
-                )
-            if isinstance(converter, GLPNImageConverter):
-                converter.output_size(*item.shape[:2])  # (a clear error for small images)
-        inputs = [self._preprocess_one(item) for item in items]
-        depths = [None] * len(items)
-        by_shape = {}
-        for index, x in enumerate(inputs):
-            by_shape.setdefault(x.shape, []).append(index)
-        for indices in by_shape.values():
-            for start in range(0, len(indices), batch_size):
-                chunk = indices[start:start + batch_size]
-                # keras' compiled predict step (one trace per input shape), without the
-                # preprocessing keras-hub's `predict_on_batch` would run again
-                batch = keras.Model.predict_on_batch(self, np.stack([inputs[i] for i in chunk]))
-                for row, index in enumerate(chunk):
-                    depth = ops.convert_to_tensor(batch[row:row + 1])
-                    size = items[index].shape[:2]
-                    if tuple(depth.shape[1:3]) != size:
-                        depth = bicubic_resize(depth, size, axis=1)
-                    depths[index] = np.asarray(ops.convert_to_numpy(depth))[0, ..., 0]
-        depths = [d.astype("float32") for d in depths]
-        if single:
-            return depths[0]
-        if isinstance(images, np.ndarray):
-            return np.stack(depths)
-        return depths
 
-    def _preprocess_one(self, image: np.ndarray) -> np.ndarray:
-        if self.preprocessor is None:
-            return image.astype("float32")
-        x = self.preprocessor(image[None].astype("float32"))
-        return np.asarray(ops.convert_to_numpy(x))[0]
+        def check(image):  # a clear error for images too small to round down
+            if isinstance(converter, GLPNImageConverter):
+                converter.output_size(*image.shape[:2])
+
+        return predict_per_image(self, images, "predict_depth", batch_size, _depth_at, check)
+
+
+def _depth_at(depths, sizes: list[tuple[int, int]]) -> list[np.ndarray]:
+    """Each row's depth resized (bicubic) to its size, as `(height, width)` float32."""
+    results = []
+    for row, size in enumerate(sizes):
+        depth = ops.convert_to_tensor(depths[row:row + 1])
+        if tuple(depth.shape[1:3]) != size:
+            depth = bicubic_resize(depth, size, axis=1)
+        results.append(np.asarray(ops.convert_to_numpy(depth))[0, ..., 0].astype("float32"))
+    return results
 
 
 def _check_depth_shape(images, depths, name: str, spatial: bool = True) -> None:

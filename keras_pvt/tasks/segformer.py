@@ -18,6 +18,7 @@ from keras_hub.models import ImageSegmenter, ImageSegmenterPreprocessor, Task
 from keras_pvt.data import PythonDataMixin
 from keras_pvt.layers.resize import ResizeLike
 from keras_pvt.models.base import FamilyTaskMixin, PresetMixin
+from keras_pvt.tasks.per_image import predict_per_image
 from keras_pvt.tasks.preprocessing import ImageNetImageConverter
 from keras_pvt.tasks.segmentation import (
     IGNORE_INDEX,
@@ -277,47 +278,22 @@ class SegFormerSegmenter(PythonDataMixin, FamilyTaskMixin, PresetMixin, ImageSeg
             int32 masks: `(height, width)` for one image, `(batch, height, width)` for a
             batch, a list of `(height_i, width_i)` for a list.
         """
-        single = hasattr(images, "shape") and len(images.shape) == 3
-        if single:
-            images = [images]
-        items = [np.asarray(image) for image in images]
-        for item in items:
-            if item.ndim != 3:
-                raise ValueError(
-                    f"segment() takes images of shape (height, width, channels); received "
-                    f"an array of shape {item.shape}."
-                )
-        inputs = [self._preprocess_one(item) for item in items]
-        masks = [None] * len(items)
-        by_shape = {}
-        for index, x in enumerate(inputs):
-            by_shape.setdefault(x.shape, []).append(index)
-        for indices in by_shape.values():
-            for start in range(0, len(indices), batch_size):
-                chunk = indices[start:start + batch_size]
-                # keras' compiled predict step (one trace per input shape), without the
-                # preprocessing keras-hub's `predict_on_batch` would run again
-                logits = keras.Model.predict_on_batch(self, np.stack([inputs[i] for i in chunk]))
-                by_size = {}
-                for row, index in enumerate(chunk):
-                    by_size.setdefault(items[index].shape[:2], []).append((row, index))
-                for (height, width), rows in by_size.items():
-                    picked = ops.take(logits, [row for row, _ in rows], axis=0)
-                    upsampled = logits_at(picked, (height, width))
-                    classes = ops.convert_to_numpy(ops.argmax(upsampled, axis=-1))
-                    for position, (_, index) in enumerate(rows):
-                        masks[index] = classes[position].astype("int32")
-        if single:
-            return masks[0]
-        if isinstance(images, np.ndarray):
-            return np.stack(masks)
-        return masks
+        return predict_per_image(self, images, "segment", batch_size, _classes_at)
 
-    def _preprocess_one(self, image: np.ndarray) -> np.ndarray:
-        if self.preprocessor is None:
-            return image.astype("float32")
-        x = self.preprocessor(image[None].astype("float32"))
-        return np.asarray(ops.convert_to_numpy(x))[0]
+
+def _classes_at(logits, sizes: list[tuple[int, int]]) -> list[np.ndarray]:
+    """The argmax of each row's logits upsampled bilinearly to its size (rows of one size
+    together)."""
+    masks = [None] * len(sizes)
+    by_size = {}
+    for row, size in enumerate(sizes):
+        by_size.setdefault(size, []).append(row)
+    for size, rows in by_size.items():
+        upsampled = logits_at(ops.take(logits, rows, axis=0), size)
+        classes = ops.convert_to_numpy(ops.argmax(upsampled, axis=-1))
+        for position, row in enumerate(rows):
+            masks[row] = classes[position].astype("int32")
+    return masks
 
 
 def _check_mask_shape(images, masks, name: str) -> None:

@@ -55,6 +55,19 @@ def tiny_backbone(config: str = "tiny", **kwargs) -> keras_pvt.PVTv2Backbone:
     )
 
 
+def family_backbone(family: str):
+    """A tiny seeded backbone of each family (widths 8-32, one block per stage), for task
+    heads on every family."""
+    keras.utils.set_random_seed(0)
+    if family == "pvt_v2":
+        return keras_pvt.PVTv2Backbone(hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1],
+                                       num_heads=[1, 2, 3, 4], mlp_ratios=4)
+    if family == "pvt":
+        return keras_pvt.PVTBackbone(hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1],
+                                     num_heads=[1, 2, 3, 4], mlp_ratios=4)
+    return keras_pvt.CvTBackbone(hidden_sizes=[8, 16, 24], depths=[1, 1, 1], num_heads=[1, 2, 3])
+
+
 def randomize_keras_norms(model: keras.Model, seed: int = 0) -> keras.Model:
     """Random LayerNorm scales and offsets, so that an export that drops them shows."""
     rng = np.random.default_rng(seed)
