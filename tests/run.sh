@@ -15,6 +15,12 @@ python -m pip install -q torch==2.13.0
 python -m pip install -q -e ".[all,dev]"
 python -m pip install -q --no-deps "timm>=1.0,<2"
 ruff check keras_pvt tests conversion examples
+# JAX compiles every eager op and jitted step per process; one persistent compilation cache
+# for the whole run lets the many subprocess tests (CLI, examples, presets) reuse them.
+jax_cache=$(mktemp -d)
+trap 'rm -rf "$jax_cache"' EXIT
+export JAX_COMPILATION_CACHE_DIR="$jax_cache" JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 \
+  JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=0
 status=0
 for backend in ${BACKENDS:-tensorflow jax torch}; do
   echo "=== KERAS_BACKEND=$backend"

@@ -34,6 +34,10 @@ class DropPath(Layer):
         # Like keras' Dropout: no RNG state (and no extra variable) when nothing is dropped.
         self.seed_generator = keras.random.SeedGenerator(seed) if rate > 0 else None
         self.supports_masking = True
+        # No weights to build. Blocks declare their output shapes, so keras never calls this
+        # layer symbolically; left unbuilt, it made JAX's `predict_on_batch` run a whole
+        # eager forward pass (every op compiled on its own) before the compiled one.
+        self.built = True
 
     def call(self, inputs, training=None):
         if not training or self.rate == 0.0:
