@@ -1,6 +1,6 @@
 """keras_pvt: Pyramid Vision Transformers for Keras 3 (TensorFlow, JAX, PyTorch)."""
 
-from keras_pvt import layers
+from keras_pvt import explain, layers
 from keras_pvt.checkpoints import CheckpointError
 from keras_pvt.convert import convert_to_preset
 from keras_pvt.export import ExportError
@@ -81,5 +81,6 @@ __all__ = [
     "PresetError",
     "PyramidImageClassifier",
     "convert_to_preset",
+    "explain",
     "layers",
 ]

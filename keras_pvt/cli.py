@@ -8,6 +8,10 @@
     keras-pvt depth [IMAGE ...] [--preset glpn_nyu] --output DIR [--json]
         estimate depth: writes DIR/<stem>_depth.png (colour-mapped, near is bright) and
         DIR/<stem>_depth.npy (float32 depth in metres at the image's size).
+    keras-pvt explain [IMAGE] [--preset pvt_v2_b0] [--method rollout|gradcam] [--class ID]
+        --output FILE.png
+        what a classifier or segmenter looks at: the heat map over the image (attention
+        rollout, or Grad-CAM for the predicted class or `--class`).
     keras-pvt convert SOURCE OUTPUT_DIR
         convert a checkpoint (preset name, hf://owner/repo, directory or file) to a keras-hub
         preset.
@@ -231,6 +235,45 @@ def cmd_depth(args) -> int:
     return 0
 
 
+def cmd_explain(args) -> int:
+    import numpy as np
+
+    from keras_pvt import explain, hub
+    from keras_pvt.checkpoints import CheckpointError
+    from keras_pvt.hub import PresetError
+
+    image = args.image or sample_image_path()
+    try:
+        if args.method == "rollout" and args.class_id is not None:
+            raise ValueError("attention rollout does not depend on a class; use --method "
+                             "gradcam to explain --class")
+        if args.output.is_dir():
+            raise NotADirectoryError(f"--output {args.output} is a directory; give a .png file")
+        _check_images([image])
+        model = hub.task_class(args.preset, ("classifier", "segmenter")).from_preset(args.preset)
+        pixels = _load_image(Path(image))
+        heat = explain.explain(model, pixels, args.method, args.class_id)[0]
+    except (ImageError, NotADirectoryError, PresetError, CheckpointError, ValueError) as error:
+        print(f"keras-pvt: {error}", file=sys.stderr)
+        return 2
+    try:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        explain.save_overlay(args.output, pixels, heat)
+    except OSError as error:
+        print(f"keras-pvt: cannot write --output {args.output}: {error}", file=sys.stderr)
+        return 2
+    scores = np.asarray(model.predict(pixels[None], verbose=0))[0]
+    if scores.ndim == 1:  # a classifier: which class was (or would be) explained
+        class_id = int(scores.argmax()) if args.class_id is None else args.class_id
+        names = getattr(model, "class_names", None)
+        label = names[class_id] if names else f"class {class_id}"
+        what = f"{label} [{class_id}]"
+    else:
+        what = "segmentation" if args.class_id is None else f"class {args.class_id}"
+    print(f"{image} -> {args.output}  [{args.method}, {what}]")
+    return 0
+
+
 def cmd_convert(args) -> int:
     from keras_pvt import hub
     from keras_pvt.convert import convert_to_preset
@@ -265,8 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="keras-pvt",
         description="Pyramid Vision Transformers for Keras 3: classify or segment images, "
-        "estimate depth, "
-        "convert checkpoints, list presets.",
+        "estimate depth, explain predictions, convert checkpoints, list presets.",
     )
     parser.add_argument(
         "--backend", choices=["tensorflow", "jax", "torch"],
@@ -315,6 +357,24 @@ def build_parser() -> argparse.ArgumentParser:
     depth.add_argument("--json", action="store_true",
                        help="print JSON: image, files, size and depth range")
     depth.set_defaults(func=cmd_depth)
+
+    explain_ = commands.add_parser(
+        "explain", help="draw what a model looks at over an image (the sample if none given)",
+        description="Writes FILE.png: the image with a heat map (jet: red is high) of attention "
+        "rollout through the spatial-reduction attention, or Grad-CAM on the last stage for "
+        "the predicted class or --class (for a segmenter, on that class's pixels).",
+    )
+    explain_.add_argument("image", nargs="?", type=Path, help="image file (default: a sample)")
+    explain_.add_argument("--preset", default="pvt_v2_b0",
+                          help="classifier or segmenter preset name, hf:// or path "
+                          "(default: %(default)s)")
+    explain_.add_argument("--method", choices=["rollout", "gradcam"], default="rollout",
+                          help="explanation method (default: %(default)s)")
+    explain_.add_argument("--class", dest="class_id", type=int, metavar="ID",
+                          help="class id for Grad-CAM (default: the predicted class)")
+    explain_.add_argument("--output", "-o", type=Path, required=True, metavar="FILE.png",
+                          help="where to write the overlay (PNG)")
+    explain_.set_defaults(func=cmd_explain)
 
     convert = commands.add_parser("convert", help="convert a checkpoint to a keras-hub preset")
     convert.add_argument("source", help="preset name, hf://owner/repo, directory or file")

@@ -339,25 +339,27 @@ def _unknown_preset(handle: str, cls=None) -> PresetError:
     )
 
 
-def task_class(handle: str, task: str = "classifier") -> type:
+def task_class(handle: str, task: str | tuple[str, ...] = "classifier") -> type:
     """The keras_pvt class that loads `handle` as `task` (e.g. the family's classifier).
 
     The family and task come from the preset name, from the class a keras-hub preset was
     saved with, or from a checkpoint's own keys (directory, file or `hf://` repository).
+    `task` may name several tasks (`("classifier", "segmenter")`): any of them will do.
     Raises `PresetError` if the handle holds no such head (e.g. a bare backbone).
     """
     handle = os.fspath(handle)
+    tasks = (task,) if isinstance(task, str) else tuple(task)
+    wanted = " or ".join(_words(t) for t in tasks)
     presets = all_presets()
     if handle in presets:
         family, preset = presets[handle]
         found = next((t for t in family.tasks if t.name == preset.task), None)
-        if preset.task != task or found is None:
+        if preset.task not in tasks or found is None:
             what = "a bare backbone" if preset.task == "backbone" else f"a {_words(preset.task)}"
-            others = sorted(name for name, (_, p) in presets.items() if p.task == task)
-            hint = (f" {_words(task).capitalize()} presets: {', '.join(others)}."
-                    if others else "")
+            others = sorted(name for name, (_, p) in presets.items() if p.task in tasks)
+            hint = f" {wanted.capitalize()} presets: {', '.join(others)}." if others else ""
             raise PresetError(
-                f"{handle}: is {what} preset, not a {_words(task)} with its head.{hint}")
+                f"{handle}: is {what} preset, not a {wanted} with its head.{hint}")
         return found.model_cls
     if handle.startswith("hf://"):
         repo_id, revision = parse_hf_handle(handle)
@@ -372,18 +374,18 @@ def task_class(handle: str, task: str = "classifier") -> type:
         if saved.is_file():
             name = json.loads(saved.read_text()).get("registered_name", "")
             found = keras.saving.get_registered_object(name)
-        task_classes = tuple(t.model_cls for f in FAMILIES for t in f.tasks if t.name == task)
+        task_classes = tuple(t.model_cls for f in FAMILIES for t in f.tasks if t.name in tasks)
         if found is not None and issubclass(found, task_classes):
             return found
         what = found.__name__ if found is not None else "a backbone"
-        raise PresetError(f"{handle}: holds {what}, not a {_words(task)} with its head.")
+        raise PresetError(f"{handle}: holds {what}, not a {wanted} with its head.")
     family, layout, state_dict = identify(read_checkpoint(path))
     detected = detect_task(family, layout, state_dict)
-    if detected is None or detected.name != task:
+    if detected is None or detected.name not in tasks:
         what = f"a {_words(detected.name)}" if detected is not None else "a bare backbone"
         raise PresetError(
             f"{handle}: is {what} checkpoint of the {family.name} family, not a "
-            f"{_words(task)} with its head."
+            f"{wanted} with its head."
         )
     return detected.model_cls
 

@@ -87,6 +87,37 @@ def colormap(values):
     return np.clip(colours + 0.5, 0, 255).astype(np.uint8)
 
 
+# matplotlib's "jet": (position, value) breakpoints of red, green and blue.
+_JET = (
+    ((0, 0), (0.35, 0), (0.66, 1), (0.89, 1), (1, 0.5)),
+    ((0, 0), (0.125, 0), (0.375, 1), (0.64, 1), (0.91, 0), (1, 0)),
+    ((0, 0.5), (0.11, 1), (0.34, 1), (0.65, 0), (1, 0)),
+)
+
+
+def heat_map_colors(values, name: str = "jet"):
+    """RGB uint8 colours of `values` in [0, 1] (clipped) on a colour map: `"jet"` and
+    `"magma"` are built in, any other matplotlib colour map name needs matplotlib."""
+    values = np.clip(np.nan_to_num(np.asarray(values, np.float32)), 0, 1)
+    if name == "magma":
+        return colormap(values)
+    if name == "jet":
+        channels = [np.interp(values, *zip(*points)) for points in _JET]
+        return (np.stack(channels, axis=-1) * 255 + 0.5).astype(np.uint8)
+    try:
+        import matplotlib
+    except ImportError:
+        raise ValueError(
+            f"Colour map {name!r} needs matplotlib (pip install matplotlib); 'jet' and 'magma' "
+            "work without it."
+        ) from None
+    if name not in matplotlib.colormaps:
+        raise ValueError(f"Unknown colour map {name!r}; use a matplotlib colour map name, e.g. "
+                         "'jet', 'magma', 'viridis' or 'turbo'.")
+    rgba = matplotlib.colormaps[name](values)
+    return (rgba[..., :3] * 255 + 0.5).astype(np.uint8)
+
+
 def depth_image(depth, near: float | None = None, far: float | None = None):
     """A colour picture of a depth map: near is bright, far is dark (magma), scaled between
     `near` and `far` (the map's own minimum and maximum by default)."""

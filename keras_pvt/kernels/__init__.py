@@ -12,6 +12,8 @@ to float rounding) and only changes *how* a backend computes:
   only); PyTorch fused pieces (training too).
 - `residual`: PyTorch inference adds in place into the branch.
 - `gather`: PyTorch `index_select` (keras' `take` adds a squeeze ONNX rejects).
+- `score_gradient`: the gradient of a score with respect to an input (Grad-CAM): a tape on
+  TensorFlow, one jit-compiled `value_and_grad` on JAX, `torch.autograd.grad` on PyTorch.
 - `DirectCall`: on PyTorch, sublayers skip keras' per-call bookkeeping.
 
 `generic` holds the portable versions; a backend module overrides what it speeds up.
@@ -45,6 +47,7 @@ depthwise_conv2d = _kernel("depthwise_conv2d")
 gather = _kernel("gather")
 mix_ffn = _kernel("mix_ffn")
 residual = _kernel("residual")
+score_gradient = _kernel("score_gradient")
 
 __all__ = [
     "BACKEND",
@@ -55,4 +58,5 @@ __all__ = [
     "gather",
     "mix_ffn",
     "residual",
+    "score_gradient",
 ]

@@ -103,3 +103,12 @@ def gather(x, indices, axis: int):
 
 class DirectCall:
     """Nothing to skip outside PyTorch: keras traces the graph once."""
+
+
+def score_gradient(forward, x, model):
+    """`forward(x, state) -> (score, aux)`: returns `(aux, d score / d x)`. Needs a backend
+    with automatic differentiation (TensorFlow, JAX, PyTorch)."""
+    raise NotImplementedError(
+        f"Gradients are not available on the {keras.backend.backend()} backend; use "
+        "TensorFlow, JAX or PyTorch."
+    )

@@ -58,3 +58,12 @@ def mix_ffn(layer, inputs, training=None):
     pieces = ops.reshape(inputs, (batch // per_chunk, per_chunk, *inputs.shape[1:]))
     outputs = jax.lax.map(lambda piece: layer.mix(piece, training=False), pieces)
     return ops.reshape(outputs, (batch, *inputs.shape[1:-1], layer.hidden_size))
+
+
+def score_gradient(forward, x, model):
+    # One compiled forward and backward pass (op-by-op autodiff compiles every op); the
+    # weights are arguments, not constants baked into the program.
+    state = ([v.value for v in model.trainable_variables],
+             [v.value for v in model.non_trainable_variables])
+    (_, aux), grad = jax.jit(jax.value_and_grad(forward, has_aux=True))(x, state)
+    return aux, grad

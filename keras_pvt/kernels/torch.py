@@ -113,6 +113,13 @@ def residual(shortcut, branch):
     return shortcut + branch
 
 
+def score_gradient(forward, x, model):
+    x = ops.convert_to_tensor(x).requires_grad_(True)
+    score, aux = forward(x, None)
+    (grad,) = torch.autograd.grad(score, x)  # not `backward()`: no `.grad` on the weights
+    return aux, grad
+
+
 def gather(x, indices, axis: int):
     """`index_select`: keras' `take` adds a `squeeze` that torch ignores but ONNX rejects."""
     return torch.index_select(x, axis, indices.long())

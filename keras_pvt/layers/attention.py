@@ -8,6 +8,26 @@ from keras_pvt.layers.ffn import gelu
 from keras_pvt.layers.pooling import AdaptiveAveragePooling2D
 
 
+def _split_heads(x, num_heads: int, length):
+    """`(batch, tokens, channels)` -> `(batch, tokens, heads, head_dim)`."""
+    # Explicit lengths, not -1: JAX's shape-polymorphic export (SavedModel with dynamic
+    # image sizes) cannot always infer a -1 from symbolic dimensions.
+    return ops.reshape(x, (ops.shape(x)[0], length, num_heads, x.shape[-1] // num_heads))
+
+
+def _attention_logits(q, k, scale: float):
+    return ops.einsum("bqhd,bkhd->bhqk", q, k) * ops.cast(scale, q.dtype)
+
+
+def attention_probabilities(query, key, num_heads: int, scale: float | None = None):
+    """The softmax attention weights `softmax(q k^T * scale)` of `(batch, tokens, channels)`
+    queries and keys, as `(batch, heads, queries, keys)`; `scale` as `multi_head_attention`."""
+    head_dim = query.shape[-1] // num_heads
+    q = _split_heads(query, num_heads, ops.shape(query)[1])
+    k = _split_heads(key, num_heads, ops.shape(key)[1])
+    return ops.softmax(_attention_logits(q, k, head_dim**-0.5 if scale is None else scale), -1)
+
+
 def multi_head_attention(
     query, key, value, num_heads: int, dropout=None, training=None, scale: float | None = None
 ):
@@ -22,16 +42,13 @@ def multi_head_attention(
     head_dim = query.shape[-1] // num_heads
     if scale is None:
         scale = head_dim**-0.5
-    # Explicit lengths, not -1: JAX's shape-polymorphic export (SavedModel with dynamic
-    # image sizes) cannot always infer a -1 from symbolic dimensions.
-    q = ops.reshape(query, (batch, query_length, num_heads, head_dim))
-    k = ops.reshape(key, (batch, key_length, num_heads, head_dim))
-    v = ops.reshape(value, (batch, key_length, num_heads, head_dim))
+    q = _split_heads(query, num_heads, query_length)
+    k = _split_heads(key, num_heads, key_length)
+    v = _split_heads(value, num_heads, key_length)
     if dropout is None or dropout.rate == 0.0 or not training:
         out = ops.dot_product_attention(q, k, v, scale=scale)
     else:
-        logits = ops.einsum("bqhd,bkhd->bhqk", q, k) * ops.cast(scale, q.dtype)
-        weights = dropout(ops.softmax(logits, axis=-1), training=training)
+        weights = dropout(ops.softmax(_attention_logits(q, k, scale), axis=-1), training=training)
         out = ops.einsum("bhqk,bkhd->bqhd", weights, v)
     return ops.reshape(out, (batch, query_length, num_heads * head_dim))
 
@@ -136,6 +153,13 @@ class SpatialReductionAttention(Layer):
         )
         x = self.proj_dropout_layer(self.proj(x), training=training)
         return ops.reshape(x, ops.shape(inputs))
+
+    def attention_probabilities(self, inputs):
+        """The attention weights `call` averages the values with, `(batch, heads, queries,
+        keys)`: queries are the input's tokens (row-major), keys the reduced tokens."""
+        tokens = _flatten_tokens(inputs)
+        reduced = self.reduce(inputs) if self.reduces else tokens
+        return attention_probabilities(self.query(tokens), self.key(reduced), self.num_heads)
 
     def reduce(self, feature_map):
         """The reduced key/value tokens: `LN(Conv_r(x))`, or `GELU(LN(Conv_1x1(Pool_7(x))))`

@@ -5,7 +5,7 @@ Vision Transformers", 2021)."""
 import keras
 from keras import ops
 
-from keras_pvt.layers.attention import multi_head_attention
+from keras_pvt.layers.attention import attention_probabilities, multi_head_attention
 from keras_pvt.layers.core import BatchNormalization, Dense, DepthwiseConv2D, Dropout, Layer
 
 PROJECTION_METHODS = ("dw_bn", "avg", "linear")
@@ -239,25 +239,34 @@ class ConvAttention(Layer):
         self.built = True
 
     def call(self, inputs, cls_token=None, training=None):
-        def project(layer):
-            tokens = flatten_map(layer(inputs, training=training))
-            if cls_token is None:
-                return tokens
-            return ops.concatenate([ops.cast(cls_token, tokens.dtype), tokens], axis=1)
-
-        query = project(self.convolution_projection_query)
-        key = project(self.convolution_projection_key)
-        value = project(self.convolution_projection_value)
         x = multi_head_attention(
-            self.projection_query(query),
-            self.projection_key(key),
-            self.projection_value(value),
+            self.projection_query(self._project("query", inputs, cls_token, training)),
+            self.projection_key(self._project("key", inputs, cls_token, training)),
+            self.projection_value(self._project("value", inputs, cls_token, training)),
             self.num_heads,
             dropout=self.attention_dropout_layer,
             training=training,
             scale=self.hidden_size**-0.5,
         )
         return self.proj_dropout_layer(self.output_dense(x), training=training)
+
+    def attention_probabilities(self, inputs, cls_token=None):
+        """The attention weights `call` averages the values with, `(batch, heads, queries,
+        keys)`: the cls token first, then the projected maps' tokens (row-major)."""
+        return attention_probabilities(
+            self.projection_query(self._project("query", inputs, cls_token)),
+            self.projection_key(self._project("key", inputs, cls_token)),
+            self.num_heads,
+            scale=self.hidden_size**-0.5,
+        )
+
+    def _project(self, role: str, inputs, cls_token, training=None):
+        """The convolutional projection for `role` as tokens, the cls token prepended."""
+        layer = getattr(self, f"convolution_projection_{role}")
+        tokens = flatten_map(layer(inputs, training=training))
+        if cls_token is None:
+            return tokens
+        return ops.concatenate([ops.cast(cls_token, tokens.dtype), tokens], axis=1)
 
     def compute_output_shape(self, inputs_shape, cls_token_shape=None):
         height, width = inputs_shape[1], inputs_shape[2]

@@ -83,6 +83,10 @@ class EncoderBlock(Layer):
         ffn = self.mlp(self.layer_norm_2(x), training=training)
         return residual(x, self.drop_path_layer(ffn, training=training))
 
+    def attention_probabilities(self, x):
+        """The block's attention weights for input `x`, `(batch, heads, queries, keys)`."""
+        return self.attention.attention_probabilities(self.layer_norm_1(x))
+
     def compute_output_shape(self, input_shape):
         return input_shape
 

@@ -9,6 +9,7 @@ import inspect
 import json
 import typing
 import warnings
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -452,6 +453,74 @@ class PyramidBackbone(PresetMixin, FeaturePyramidBackbone):
         config = super().get_config()
         config.update({name: getattr(self, name) for name in self._config_names})
         return config
+
+    def attention_blocks(self) -> list:
+        """The encoder blocks (layers with `attention_probabilities`), in the order they run."""
+        return [layer for layer in self.layers if hasattr(layer, "attention_probabilities")]
+
+    def attention_maps(self, images, batch_size: int | None = None) -> list[np.ndarray]:
+        """The softmax attention probabilities of every encoder block, in order.
+
+        Args:
+            images: a float batch `(batch, height, width, 3)` as the backbone takes it
+                (normalised; any size the backbone accepts).
+            batch_size: images per forward pass (all at once by default).
+
+        Returns:
+            one NumPy array per block, `(batch, heads, queries, keys)`, the values
+            transformers returns as `attentions`. Queries are the block's tokens in row-major
+            order, the class token first where the family has one (PVT v1's and CvT's last
+            stage); keys are the tokens attended to: spatially reduced for SRA (an
+            `H/r x W/r` grid), the 7x7 pooled grid for linear SRA, CvT's strided key
+            projection. Every row sums to 1.
+
+        A second graph computes them from each block's input, so the model's own forward
+        pass neither slows down nor keeps them.
+
+        Example:
+        ```python
+        maps = backbone.attention_maps(images)
+        len(maps) == sum(backbone.depths)  # one per block
+        ```
+        """
+        model = _attention_model(self)
+        self._validate_images(images)
+        images = np.asarray(images)
+        step = batch_size or len(images)
+        parts = [model.predict_on_batch(images[i:i + step]) for i in range(0, len(images), step)]
+        return [np.concatenate([np.asarray(part[block]) for part in parts])
+                for block in range(len(parts[0]))]
+
+
+_ATTENTION_MODELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+class _AttentionProbabilities(keras.layers.Layer):
+    """A block's attention probabilities, computed from the block's own inputs."""
+
+    def __init__(self, block, **kwargs):
+        super().__init__(name=f"{block.name}_attention", dtype=block.dtype_policy, **kwargs)
+        self.block = block
+
+    def call(self, inputs, *extra):
+        return self.block.attention_probabilities(inputs, *extra)
+
+
+def _attention_model(backbone) -> keras.Model:
+    """A model from the backbone's images to every block's attention probabilities (built
+    once per backbone; it shares the backbone's layers and weights)."""
+    model = _ATTENTION_MODELS.get(backbone)
+    if model is None:
+        blocks = backbone.attention_blocks()
+        if not blocks:
+            raise TypeError(f"{type(backbone).__name__} has no attention blocks.")
+        outputs = []
+        for block in blocks:
+            inputs = block.input if isinstance(block.input, list) else [block.input]
+            outputs.append(_AttentionProbabilities(block)(*inputs))
+        model = keras.Model(backbone.input, outputs, name=f"{backbone.name}_attention")
+        _ATTENTION_MODELS[backbone] = model
+    return model
 
 
 class FamilyTaskMixin:

@@ -123,27 +123,35 @@ class CvTLayer(Layer):
 
     def call(self, inputs, cls_token=None, training=None):
         shape = ops.shape(inputs)
-        x = flatten_map(inputs)
-        # One cls token at most (not `cls_token.shape[1]`: TensorFlow's graph shapes lose it
-        # after slicing a sequence of unknown length).
-        num_cls = 0 if cls_token is None else 1
-        if num_cls:
-            x = ops.concatenate([cls_token, x], axis=1)
-        x = residual(x, self.drop_path_layer(self._attend(x, shape, num_cls, training),
-                                             training=training))
+        x, num_cls = self._sequence(inputs, cls_token)
+        attention = self.attention(*self._attention_inputs(x, shape, num_cls), training=training)
+        x = residual(x, self.drop_path_layer(attention, training=training))
         y = self.mlp(self.layernorm_after(x), training=training)
         x = residual(x, self.drop_path_layer(y, training=training))
         out = ops.reshape(x[:, num_cls:], shape)
         return (out, x[:, :num_cls]) if num_cls else out
 
-    def _attend(self, x, shape, num_cls: int, training):
-        """Attention on `LN(x)`: the map part is convolved, the cls token joins as is."""
-        normed = self.layernorm_before(x)
-        return self.attention(
-            ops.reshape(normed[:, num_cls:], shape),
-            cls_token=normed[:, :num_cls] if num_cls else None,
-            training=training,
+    def attention_probabilities(self, inputs, cls_token=None):
+        """The layer's attention weights for these inputs, `(batch, heads, queries, keys)`."""
+        x, num_cls = self._sequence(inputs, cls_token)
+        return self.attention.attention_probabilities(
+            *self._attention_inputs(x, ops.shape(inputs), num_cls)
         )
+
+    @staticmethod
+    def _sequence(inputs, cls_token):
+        """The map's tokens with the cls token first, and the number of cls tokens."""
+        x = flatten_map(inputs)
+        # One cls token at most (not `cls_token.shape[1]`: TensorFlow's graph shapes lose it
+        # after slicing a sequence of unknown length).
+        if cls_token is None:
+            return x, 0
+        return ops.concatenate([cls_token, x], axis=1), 1
+
+    def _attention_inputs(self, x, shape, num_cls: int):
+        """`LN(x)` as the map the attention convolves and the cls token that joins as is."""
+        normed = self.layernorm_before(x)
+        return ops.reshape(normed[:, num_cls:], shape), (normed[:, :num_cls] if num_cls else None)
 
     def compute_output_shape(self, inputs_shape, cls_token_shape=None):
         # Explicit shapes: JAX's symbolic tracing of `call` cannot always prove that the
