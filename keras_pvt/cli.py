@@ -9,9 +9,10 @@
         estimate depth: writes DIR/<stem>_depth.png (colour-mapped, near is bright) and
         DIR/<stem>_depth.npy (float32 depth in metres at the image's size).
     keras-pvt explain [IMAGE] [--preset pvt_v2_b0] [--method rollout|gradcam] [--class ID]
-        --output FILE.png
+        [--stage N] --output FILE.png
         what a classifier or segmenter looks at: the heat map over the image (attention
-        rollout, or Grad-CAM for the predicted class or `--class`).
+        rollout, or Grad-CAM on stage N, the last by default, for the predicted class or
+        `--class`).
     keras-pvt convert SOURCE OUTPUT_DIR
         convert a checkpoint (preset name, hf://owner/repo, directory or file) to a keras-hub
         preset.
@@ -244,15 +245,16 @@ def cmd_explain(args) -> int:
 
     image = args.image or sample_image_path()
     try:
-        if args.method == "rollout" and args.class_id is not None:
-            raise ValueError("attention rollout does not depend on a class; use --method "
-                             "gradcam to explain --class")
+        if args.method == "rollout" and (args.class_id, args.stage) != (None, None):
+            raise ValueError("attention rollout follows every stage and no class; --class "
+                             "and --stage go with --method gradcam")
         if args.output.is_dir():
             raise NotADirectoryError(f"--output {args.output} is a directory; give a .png file")
         _check_images([image])
         model = hub.task_class(args.preset, ("classifier", "segmenter")).from_preset(args.preset)
         pixels = _load_image(Path(image))
-        heat = explain.explain(model, pixels, args.method, args.class_id)[0]
+        stage = -1 if args.stage is None else args.stage
+        heat = explain.explain(model, pixels, args.method, args.class_id, stage)[0]
     except (ImageError, NotADirectoryError, PresetError, CheckpointError, ValueError) as error:
         print(f"keras-pvt: {error}", file=sys.stderr)
         return 2
@@ -372,6 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="explanation method (default: %(default)s)")
     explain_.add_argument("--class", dest="class_id", type=int, metavar="ID",
                           help="class id for Grad-CAM (default: the predicted class)")
+    explain_.add_argument("--stage", type=int, metavar="N",
+                          help="Grad-CAM on stage N (0-based; default: the last)")
     explain_.add_argument("--output", "-o", type=Path, required=True, metavar="FILE.png",
                           help="where to write the overlay (PNG)")
     explain_.set_defaults(func=cmd_explain)

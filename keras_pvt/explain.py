@@ -307,9 +307,9 @@ def grad_cam(
         class_id: the class to explain, one for all images or one per image; the predicted
             class by default (for a segmenter, the class covering most pixels apart from
             class 0, the background).
-        stage: the stage whose map is weighted (0-based; negative counts from the end). A
-            finer, earlier stage can localise better in small models trained from scratch,
-            whose last-stage tokens have all mixed globally (see `examples/explain.py`).
+        stage: the stage whose map is weighted (0-based; negative counts from the end). An
+            earlier, finer stage can localise better where the last stage's tokens have all
+            mixed globally, as in `examples/explain.py`'s small model.
 
     Returns:
         `(batch, height, width)` float32 maps in [0, 1] at the model's input size.

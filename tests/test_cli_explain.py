@@ -1,9 +1,9 @@
 """`keras-pvt explain`: heat-map overlays through the installed script, for classifiers of
 every family and a segmenter, and its errors.
 
-The script runs in subprocesses on tiny random checkpoints (the default `pvt_v2_b0` from an
-offline Hugging Face cache); the other families, the segmenter and the error cases go
-through `main()` in this process.
+The script runs in a subprocess on a tiny random checkpoint; the other families, the
+segmenter and the error cases go through `main()` in this process (the default preset, from
+an offline Hugging Face cache, in tests/test_explain.py with README's example).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from PIL import Image
 
 from keras_pvt import explain
 from keras_pvt.cli import main, sample_image_path
-from tests.helpers.hub_cache import offline_env, place_in_hf_cache, run
+from tests.helpers.hub_cache import offline_env, run
 from tests.helpers.reference import hf_pvt_v2, hf_segformer
 from tests.helpers.reference_cvt import hf_cvt
 from tests.helpers.reference_pvt import hf_pvt
@@ -61,22 +61,6 @@ def _assert_overlay(path: Path, image: np.ndarray, heat: np.ndarray) -> None:
     assert np.abs(written - explain.overlay(image, heat).astype(int)).max() <= 2
 
 
-def test_rollout_of_the_sample_with_the_default_preset(checkpoints, tmp_path):
-    """`keras-pvt explain -o FILE` alone: the sample image, `pvt_v2_b0` (here the tiny
-    checkpoint in an offline HF cache), attention rollout."""
-    hf_cache = tmp_path / "hf"
-    place_in_hf_cache(hf_cache, "OpenGVLab/pvt_v2_b0", checkpoints["pvt_v2"])
-    output = tmp_path / "new" / "rollout.png"
-    result = run([str(SCRIPT), "explain", "-o", str(output)],
-                 offline_env(hf_cache, tmp_path / "keras"))
-    image = _rgb(sample_image_path())
-    model = _model(checkpoints["pvt_v2"])
-    _assert_overlay(output, image, explain.attention_rollout(model, image)[0])
-    predicted = int(model.predict(image[None], verbose=0).argmax())
-    assert result.stdout.strip() == (
-        f"{sample_image_path()} -> {output}  [rollout, label_{predicted} [{predicted}]]")
-
-
 def test_grad_cam_for_a_class_through_the_script(checkpoints, tmp_path):
     path = tmp_path / "photo.png"
     Image.open(sample_image_path()).convert("RGB").resize((90, 70)).save(path)
@@ -92,7 +76,7 @@ def test_grad_cam_for_a_class_through_the_script(checkpoints, tmp_path):
 @pytest.mark.parametrize("family, method, extra", [
     ("pvt", "gradcam", []),
     ("pvt", "rollout", []),
-    ("segformer", "gradcam", ["--class", "2"]),
+    ("segformer", "gradcam", ["--class", "2", "--stage", "1"]),
     ("segformer", "rollout", []),
 ])
 def test_families_and_segmenters(family, method, extra, checkpoints, tmp_path, capsys):
@@ -102,7 +86,8 @@ def test_families_and_segmenters(family, method, extra, checkpoints, tmp_path, c
     image = _rgb(sample_image_path())
     model = _model(checkpoints[family])
     class_id = int(extra[1]) if extra else None
-    heat = explain.explain(model, image, method, class_id)[0]
+    stage = int(extra[3]) if len(extra) > 2 else -1
+    heat = explain.explain(model, image, method, class_id, stage)[0]
     _assert_overlay(output, image, heat)
     assert f"-> {output}  [{method}, " in capsys.readouterr().out
 
@@ -113,7 +98,10 @@ def test_families_and_segmenters(family, method, extra, checkpoints, tmp_path, c
     (["--preset", "glpn_nyu"],
      "glpn_nyu: is a depth estimator preset, not a classifier or segmenter with its head. "
      "Classifier or segmenter presets: cvt_13,"),
-    (["--preset", "{pvt_v2}", "--class", "1"], "attention rollout does not depend on a class"),
+    (["--preset", "{pvt_v2}", "--class", "1"], "--class and --stage go with --method gradcam"),
+    (["--preset", "{pvt_v2}", "--stage", "1"], "--class and --stage go with --method gradcam"),
+    (["--preset", "{pvt_v2}", "--method", "gradcam", "--stage", "4"],
+     "stage 4 is out of range: PVTv2Backbone has 4 stages (0 to 3)."),
     (["--preset", "{pvt_v2}", "--method", "gradcam", "--class", "5"],
      "class_id 5 is out of range: PVTv2Classifier has 5 classes (ids 0 to 4)."),
     (["--preset", "{pvt_v2}", "-o", "{tmp}"], "is a directory; give a .png file"),

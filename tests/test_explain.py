@@ -1,10 +1,14 @@
 """Attention maps against transformers' `attentions`, attention rollout against a dense
 reference computation, Grad-CAM, overlays and their errors."""
 
+import sys
+import textwrap
+
 import keras
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import keras_pvt
 from keras_pvt import explain
@@ -248,3 +252,57 @@ def test_errors(classifier):
         stackwise_num_blocks=[1], stackwise_num_strides=[1], block_type="basic_block")
     with pytest.raises(TypeError, match="ResNetBackbone has no attention blocks to explain"):
         explain.attention_rollout(plain, np.zeros((1, 32, 32, 3), np.float32))
+
+
+# === README's and the docstrings' examples, and the CLI's defaults, on `pvt_v2_b0` ===
+
+def _examples() -> str:
+    """README's explain example, then the docstring examples of `keras_pvt.explain`,
+    `attention_rollout`, `grad_cam` and `attention_maps`, with the names they use."""
+    from tests.helpers.hub_cache import REPO_ROOT
+
+    readme = (REPO_ROOT / "README.md").read_text().split("## Explain", 1)[1]
+    code = [readme.split("```python\n", 1)[1].split("```", 1)[0]]
+    code.append("classifier, images = model, image[None]\n")
+    code.append("\n".join(line.strip() for line in explain.__doc__.splitlines()
+                          if line.startswith("    heat = ") or line.startswith("    keras_pvt.")))
+    for function in (explain.attention_rollout, explain.grad_cam):
+        code.append(textwrap.dedent(function.__doc__.split("```python\n")[1].split("```")[0]))
+    code.append("backbone, images = model.backbone, np.zeros((1, 64, 64, 3), 'float32')\n")
+    code.append(textwrap.dedent(keras_pvt.PVTv2Backbone.attention_maps.__doc__
+                                .split("```python\n")[1].split("```")[0]))
+    code.append("from keras_pvt.cli import main\nmain(['explain', '-o', 'cli.png'])\n")
+    return "\n".join(code)
+
+
+def test_readme_docstrings_and_cli_defaults_on_the_named_preset(tmp_path):
+    """On `pvt_v2_b0` from an offline HF cache (a tiny random checkpoint): README's example,
+    the docstrings', and `keras-pvt explain -o FILE` with its defaults (the sample image,
+    `pvt_v2_b0`, rollout), in one process."""
+    from keras_pvt.cli import sample_image_path
+    from tests.helpers.hub_cache import offline_env, place_in_hf_cache, run
+
+    reference = hf_pvt_v2("tiny", num_labels=5)
+    reference.save_pretrained(tmp_path / "checkpoint")
+    hf_cache = tmp_path / "hf"
+    place_in_hf_cache(hf_cache, "OpenGVLab/pvt_v2_b0", tmp_path / "checkpoint")
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    env = offline_env(hf_cache, tmp_path / "keras")
+    result = run([sys.executable, "-c", _examples()], env, cwd=workdir)
+    lines = result.stdout.strip().splitlines()
+    # The tiny checkpoint has 4 blocks (b0: 8); b0's first-stage grid and reduced keys.
+    assert lines[0] == "4 (1, 1, 3136, 49)", result.stdout
+    assert lines[1] == "(1, 224, 224) (1, 224, 224)", result.stdout
+    assert lines[2] == "True (1, 4, 4, 4)", result.stdout  # 64 px: a 2x2 last stage
+    image = np.asarray(Image.open(sample_image_path()).convert("RGB"))
+    model = keras_pvt.PVTv2Classifier.from_preset(str(tmp_path / "checkpoint"))
+    rollout = explain.attention_rollout(model, image)[0]
+    cam = explain.grad_cam(model, image)[0]  # the module docstring's last `heat`
+    for name, heat in (("rollout.png", rollout), ("cli.png", rollout), ("cat.png", cam)):
+        with Image.open(workdir / name) as picture:
+            written = np.asarray(picture.convert("RGB")).astype(int)
+        assert np.abs(written - explain.overlay(image, heat).astype(int)).max() <= 2, name
+    predicted = int(model.predict(image[None], verbose=0).argmax())
+    assert lines[-1] == (f"{sample_image_path()} -> cli.png  "
+                         f"[rollout, label_{predicted} [{predicted}]]"), result.stdout

@@ -479,8 +479,8 @@ class PyramidBackbone(PresetMixin, FeaturePyramidBackbone):
 
         Example:
         ```python
-        maps = backbone.attention_maps(images)
-        len(maps) == sum(backbone.depths)  # one per block
+        maps = backbone.attention_maps(images)  # normalised float images, as `backbone(x)`
+        print(len(maps) == sum(backbone.depths), maps[-1].shape)  # True (batch, heads, q, k)
         ```
         """
         model = _attention_model(self)

@@ -36,10 +36,11 @@ def offline_env(hf_cache: Path, keras_home: Path) -> dict:
     return env
 
 
-def run(args: list[str], env: dict, check: bool = True) -> subprocess.CompletedProcess:
+def run(args: list[str], env: dict, check: bool = True, cwd: Path = REPO_ROOT
+        ) -> subprocess.CompletedProcess:
     """Runs a command (a fresh process reads HF_* at import) with the current backend."""
     result = subprocess.run(
-        args, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600
+        args, env=env, cwd=cwd, capture_output=True, text=True, timeout=600
     )
     if check and result.returncode != 0:
         raise AssertionError(
