@@ -8,11 +8,13 @@ from keras_pvt.layers.ffn import gelu
 from keras_pvt.layers.pooling import AdaptiveAveragePooling2D
 
 
-def _split_heads(x, num_heads: int, length):
+def _split_heads(x, num_heads: int, batch, length):
     """`(batch, tokens, channels)` -> `(batch, tokens, heads, head_dim)`."""
-    # Explicit lengths, not -1: JAX's shape-polymorphic export (SavedModel with dynamic
-    # image sizes) cannot always infer a -1 from symbolic dimensions.
-    return ops.reshape(x, (ops.shape(x)[0], length, num_heads, x.shape[-1] // num_heads))
+    # Explicit sizes, not -1: JAX's shape-polymorphic export (SavedModel with dynamic image
+    # sizes) cannot always infer a -1 from symbolic dimensions. One `batch` (the queries')
+    # for queries, keys and values: tf2onnx mis-sized the keys' reshape when each took its
+    # own.
+    return ops.reshape(x, (batch, length, num_heads, x.shape[-1] // num_heads))
 
 
 def _attention_logits(q, k, scale: float):
@@ -23,8 +25,9 @@ def attention_probabilities(query, key, num_heads: int, scale: float | None = No
     """The softmax attention weights `softmax(q k^T * scale)` of `(batch, tokens, channels)`
     queries and keys, as `(batch, heads, queries, keys)`; `scale` as `multi_head_attention`."""
     head_dim = query.shape[-1] // num_heads
-    q = _split_heads(query, num_heads, ops.shape(query)[1])
-    k = _split_heads(key, num_heads, ops.shape(key)[1])
+    batch = ops.shape(query)[0]
+    q = _split_heads(query, num_heads, batch, ops.shape(query)[1])
+    k = _split_heads(key, num_heads, batch, ops.shape(key)[1])
     return ops.softmax(_attention_logits(q, k, head_dim**-0.5 if scale is None else scale), -1)
 
 
@@ -42,9 +45,9 @@ def multi_head_attention(
     head_dim = query.shape[-1] // num_heads
     if scale is None:
         scale = head_dim**-0.5
-    q = _split_heads(query, num_heads, query_length)
-    k = _split_heads(key, num_heads, key_length)
-    v = _split_heads(value, num_heads, key_length)
+    q = _split_heads(query, num_heads, batch, query_length)
+    k = _split_heads(key, num_heads, batch, key_length)
+    v = _split_heads(value, num_heads, batch, key_length)
     if dropout is None or dropout.rate == 0.0 or not training:
         out = ops.dot_product_attention(q, k, v, scale=scale)
     else:
