@@ -13,9 +13,9 @@
         what a classifier or segmenter looks at: the heat map over the image (attention
         rollout, or Grad-CAM on stage N, the last by default, for the predicted class or
         `--class`).
-    keras-pvt convert SOURCE OUTPUT_DIR
+    keras-pvt convert SOURCE OUTPUT_DIR [--overwrite]
         convert a checkpoint (preset name, hf://owner/repo, directory or file) to a keras-hub
-        preset.
+        preset; an existing non-empty OUTPUT_DIR is replaced only with --overwrite.
     keras-pvt presets [-v]
         list the built-in presets.
 
@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from importlib import resources
 from pathlib import Path
@@ -60,6 +61,8 @@ def _check_images(paths) -> None:
     from PIL import Image, UnidentifiedImageError
 
     for path in paths:
+        if Path(path).is_dir():
+            raise ImageError(f"cannot read image {path}: it is a directory; pass image files")
         try:
             with Image.open(path):
                 pass
@@ -278,14 +281,38 @@ def cmd_explain(args) -> int:
 
 def cmd_convert(args) -> int:
     from keras_pvt import hub
+    from keras_pvt.checkpoints import CheckpointError
     from keras_pvt.convert import convert_to_preset
 
     source = args.source
-    if source in hub.all_presets():
-        source = str(hub.download_checkpoint(hub.all_presets()[source][1].hf_repo, source))
-    elif source.startswith("hf://"):
-        source = str(hub.download_checkpoint(source[len("hf://"):], source))
-    output = convert_to_preset(source, args.output_dir)
+    output_dir = args.output_dir
+    try:
+        occupied = output_dir.exists() and (not output_dir.is_dir()
+                                            or any(output_dir.iterdir()))
+        if occupied and not args.overwrite:
+            raise FileExistsError(f"{output_dir} exists and is not an empty directory; "
+                                  "pass --overwrite to replace it, or another OUTPUT_DIR")
+        if source in hub.all_presets():
+            source = str(hub.download_checkpoint(hub.all_presets()[source][1].hf_repo, source))
+        elif source.startswith("hf://"):
+            repo_id, revision = hub.parse_hf_handle(source)
+            source = str(hub.download_checkpoint(repo_id, source, revision))
+        elif not Path(source).expanduser().exists():
+            raise hub._unknown_preset(source)
+        if occupied:  # convert beside it, then replace it: a failure leaves it as it was
+            staging = output_dir.with_name(f".{output_dir.name}.converting")
+            shutil.rmtree(staging, ignore_errors=True)
+            convert_to_preset(source, staging)
+            if output_dir.is_dir():
+                shutil.rmtree(output_dir)
+            else:
+                output_dir.unlink()
+            output = staging.rename(output_dir)
+        else:
+            output = convert_to_preset(source, output_dir)
+    except (FileExistsError, hub.PresetError, CheckpointError) as error:
+        print(f"keras-pvt: {error}", file=sys.stderr)
+        return 2
     print(f"Wrote keras-hub preset to {output}")
     return 0
 
@@ -306,6 +333,17 @@ def cmd_presets(args) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; received {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="keras-pvt",
@@ -322,7 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("images", nargs="*", type=Path, help="image files (default: a sample)")
     predict.add_argument("--preset", default="pvt_v2_b0",
                          help="classifier preset name, hf:// or path (default: %(default)s)")
-    predict.add_argument("--top", type=int, default=5, help="classes to show per image")
+    predict.add_argument("--top", type=_positive, default=5,
+                         help="classes to show per image (default: %(default)s)")
     predict.add_argument("--json", action="store_true", help="print JSON")
     predict.set_defaults(func=cmd_predict)
 
@@ -338,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="segmenter preset name, hf:// or path (default: %(default)s)")
     segment.add_argument("--output", "-o", type=Path, required=True, metavar="DIR",
                          help="directory for the masks and overlays (created if missing)")
-    segment.add_argument("--top", type=int, default=3,
+    segment.add_argument("--top", type=_positive, default=3,
                          help="classes to show per image, by pixel share (default: %(default)s)")
     segment.add_argument("--json", action="store_true",
                          help="print JSON: image, mask, overlay and every class present")
@@ -383,6 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     convert = commands.add_parser("convert", help="convert a checkpoint to a keras-hub preset")
     convert.add_argument("source", help="preset name, hf://owner/repo, directory or file")
     convert.add_argument("output_dir", type=Path)
+    convert.add_argument("--overwrite", action="store_true",
+                         help="replace OUTPUT_DIR if it exists and is not empty")
     convert.set_defaults(func=cmd_convert)
 
     presets = commands.add_parser("presets", help="list the built-in presets")

@@ -14,6 +14,7 @@ path is built from them, so none can point outside the cache.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import hashlib
 import json
 import os
@@ -333,9 +334,15 @@ def resolve(handle: str, cls=None):
 
 def _unknown_preset(handle: str, cls=None) -> PresetError:
     names = sorted(presets_for(cls) if cls is not None else all_presets())
+    hint = ""
+    near = difflib.get_close_matches(handle.lower().replace("-", "_"), names, n=3, cutoff=0.75)
+    if near:
+        hint = f" Did you mean {' or '.join(near)}?"
+    elif handle.count("/") == 1 and not handle.startswith((".", "/", "~")):
+        hint = f" A Hugging Face repository is written hf://{handle}."
     return PresetError(
         f"Unknown preset {handle!r}: not a keras_pvt preset name, an hf:// handle or an "
-        f"existing path. Available presets: {', '.join(names)}."
+        f"existing path.{hint} Available presets: {', '.join(names)}."
     )
 
 
