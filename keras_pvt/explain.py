@@ -41,6 +41,7 @@ from keras_pvt import kernels
 from keras_pvt.layers.attention import SpatialReductionAttention
 from keras_pvt.layers.conv_attention import ConvAttention, _ceil_mode_size
 from keras_pvt.layers.patch_embedding import OverlapPatchEmbedding
+from keras_pvt.layers.pooling import adaptive_pool_matrix
 from keras_pvt.visualize import heat_map_colors
 
 METHODS = ("rollout", "gradcam")
@@ -70,11 +71,8 @@ def _window_matrix(size: int, kernel: int, stride: int, padding: int, out: int,
 
 
 def _bin_matrix(size: int, bins: int) -> np.ndarray:
-    """`(bins, size)`: torch's adaptive-pooling bins `[floor(i L / n), ceil((i + 1) L / n))`."""
-    matrix = np.zeros((bins, size), np.float64)
-    for i in range(bins):
-        matrix[i, (i * size) // bins:-(-(i + 1) * size // bins)] = 1.0
-    return matrix / matrix.sum(axis=1, keepdims=True)
+    """`(bins, size)`: linear SRA's adaptive-pooling bins (torch's), each row averaging."""
+    return ops.convert_to_numpy(adaptive_pool_matrix(size, bins)).astype(np.float64)
 
 
 def _convolution_size(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -142,8 +140,8 @@ def _model_inputs(model, images) -> np.ndarray:
             f"Expected an image (height, width, 3) or a batch (batch, height, width, 3); "
             f"received an array of shape {images.shape}."
         )
-    preprocessor = getattr(model, "preprocessor", None)
-    if preprocessor is not None and model is not getattr(model, "backbone", None):
+    preprocessor = getattr(model, "preprocessor", None)  # tasks have one, backbones none
+    if preprocessor is not None:
         images = ops.convert_to_numpy(preprocessor(images.astype("float32")))
     return np.asarray(images, "float32")
 

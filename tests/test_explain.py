@@ -110,6 +110,15 @@ def _dense_window(size, kernel, stride, padding, out, per_input=False):
     return matrix / matrix.sum(axis=1, keepdims=True)
 
 
+def _dense_bins(size, bins):
+    """(bins, size): torch's adaptive-pooling bins, each averaging (plain loops)."""
+    matrix = np.zeros((bins, size))
+    for i in range(bins):
+        start, end = (i * size) // bins, -(-((i + 1) * size) // bins)
+        matrix[i, start:end] = 1 / (end - start)
+    return matrix
+
+
 def _dense_rollout(backbone, x):
     """Abnar & Zuidema's rollout with every matrix spelled out: per block
     `0.5 * A U + 0.5 I` (U spreads each key over its cells), per patch embedding the
@@ -132,7 +141,11 @@ def _dense_rollout(backbone, x):
             index -= 1
             attention = maps[index][0].mean(axis=0)  # (queries, keys)
             r = backbone.sr_ratios[stage]
-            spread = np.kron(_dense_window(h, r, r, 0, h // r), _dense_window(w, r, r, 0, w // r))
+            if backbone.linear_attention:  # keys: the 7x7 pooled grid
+                spread = np.kron(_dense_bins(h, 7), _dense_bins(w, 7))
+            else:
+                spread = np.kron(_dense_window(h, r, r, 0, h // r),
+                                 _dense_window(w, r, r, 0, w // r))
             full = 0.5 * attention @ spread + 0.5 * np.eye(h * w)
             product = full if product is None else product @ full
         embed = np.kron(_dense_window(in_h, k, s, p, h, True),
@@ -142,9 +155,11 @@ def _dense_rollout(backbone, x):
     return flow / flow.max()
 
 
-def test_rollout_equals_dense_reference():
+@pytest.mark.parametrize("linear", [False, True])
+def test_rollout_equals_dense_reference(linear):
     backbone = keras_pvt.PVTv2Backbone(hidden_sizes=8, depths=(2, 1, 1, 1),
-                                       num_heads=(1, 2, 1, 2), sr_ratios=(4, 2, 2, 1))
+                                       num_heads=(1, 2, 1, 2), sr_ratios=(4, 2, 2, 1),
+                                       linear_attention=linear)
     x = images(1, 70, 53)
     heat = explain.attention_rollout(backbone, x)
     assert heat.shape == (1, 70, 53)
