@@ -27,10 +27,13 @@ starting `keras-pvt:` on stderr and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
+import re
 import shutil
 import sys
+import tempfile
 from importlib import resources
 from pathlib import Path
 
@@ -318,18 +321,24 @@ def cmd_convert(args) -> int:
 
 
 def cmd_presets(args) -> int:
-    from keras_pvt import hub
+    from keras_pvt import catalog  # imports no Keras: the list prints at once
 
-    presets = hub.all_presets()
+    presets = catalog.presets()
     width = max(len(name) for name in presets)
-    task_width = max(len(preset.task) for _, preset in presets.values())
-    print(f"{'preset':{width}s}  {'task':{task_width}s}  {'params':>12s}  source")
-    for name, (_, preset) in presets.items():
-        print(f"{name:{width}s}  {preset.task:{task_width}s}  {preset.params:12,d}  "
-              f"hf://{preset.hf_repo}")
+    task_width = max(len(preset.task) for preset in presets.values())
+    print(f"{'preset':{width}s}  {'task':{task_width}s}  {'params':>12s}  "
+          f"{'cached' if args.verbose else 'source'}")
+    for name, preset in presets.items():
+        where = ("yes" if catalog.is_cached(name) else "no") if args.verbose else (
+            f"hf://{preset.hf_repo}")
+        print(f"{name:{width}s}  {preset.task:{task_width}s}  {preset.params:12,d}  {where}")
         if args.verbose:
             print(f"{'':{width}s}  {preset.description}")
+            print(f"{'':{width}s}  source: hf://{preset.hf_repo}")
+            print(f"{'':{width}s}  published: {preset.published}")
             print(f"{'':{width}s}  licence: {preset.license.describe()}")
+    if args.verbose:
+        print(f"\nConverted presets are cached in {catalog.cache_root()}")
     return 0
 
 
@@ -436,10 +445,54 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.backend:
         if "keras" in sys.modules and os.environ.get("KERAS_BACKEND") != args.backend:
-            raise SystemExit("keras-pvt: --backend must be chosen before keras is imported.")
+            # Only when main() is called from a process that already imported Keras.
+            raise SystemExit(f"keras-pvt: --backend {args.backend} cannot apply: this process "
+                             f"already imported Keras with the {os.environ.get('KERAS_BACKEND')}"
+                             " backend; run the keras-pvt command instead.")
         os.environ["KERAS_BACKEND"] = args.backend
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    return args.func(args)
+    if args.func is cmd_presets:  # (imports no Keras)
+        return args.func(args)
+    _quiet_startup()
+    from keras_pvt import hub
+
+    hub.CALLER = "cli"  # messages name --preset, not from_preset()
+    try:
+        return args.func(args)
+    finally:
+        hub.CALLER = "python"
+
+
+# Start-up notices that TensorFlow's and XLA's C++ logging writes to the process's stderr
+# while `tensorflow` is imported (absl's "I0000 12:00:00.000 ..." lines, oneDNN, CUDA drivers,
+# cuInit, CPU features), whatever TF_CPP_MIN_LOG_LEVEL says.
+_STARTUP_NOISE = re.compile(
+    r"^([IWE]\d{4} \d\d:\d\d:\d\d|WARNING: All log messages before absl|To enable the "
+    r"following instructions|.*(cuInit|cuda drivers|CUDA-capable|TensorRT))")
+
+
+def _quiet_startup() -> None:
+    """Imports TensorFlow (keras-hub imports it on every backend) with the process's stderr
+    captured, and passes on only what is not a start-up notice (all of it if the import
+    fails). Runs before Keras is imported."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if "tensorflow" in sys.modules or importlib.util.find_spec("tensorflow") is None:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        failed = True
+        try:
+            import tensorflow  # noqa: F401
+            failed = False
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            lines = captured.read().decode(errors="replace").splitlines()
+            kept = [line for line in lines if failed or not _STARTUP_NOISE.match(line)]
+            if kept:
+                print("\n".join(kept), file=sys.stderr)
 
 
 if __name__ == "__main__":

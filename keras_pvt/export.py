@@ -54,7 +54,7 @@ def export(
     *,
     image_size: int | Sequence[int] | None = None,
     input_signature=None,
-    verbose: bool | None = None,
+    verbose: bool = False,
     **kwargs,
 ):
     """Exports `model` for inference.
@@ -69,7 +69,8 @@ def export(
             PyTorch needs a fixed size and defaults to the model's `image_shape` or its
             preprocessor's image size.
         input_signature: as in `keras.Model.export`; overrides `image_size`.
-        verbose: print where the artifact was written.
+        verbose: print keras' summary of the artifact (its endpoints and the ~200 captured
+            variables of a SavedModel); quiet by default.
         **kwargs: passed to `keras.Model.export` (e.g. `opset_version`, LiteRT converter
             options, `jax2tf_kwargs`).
 
@@ -112,14 +113,14 @@ def export(
 class ExportMixin:
     """`model.export(...)` through `keras_pvt.export.export` (dynamic shapes, clear errors)."""
 
-    def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None,
+    def export(self, filepath, format="tf_saved_model", verbose=False, input_signature=None,
                **kwargs):
         """Exports the model for inference; see `keras_pvt.export.export`.
 
         Args:
             filepath: output directory (SavedModel) or file (`.onnx`, `.tflite`).
             format: `"tf_saved_model"`, `"onnx"` or `"litert"` (alias `"tflite"`).
-            verbose: print where the artifact was written.
+            verbose: print keras' summary of the artifact; quiet by default.
             input_signature: as in `keras.Model.export`; by default any batch size and,
                 where the backend allows it, any image size.
             **kwargs: `image_size=(height, width)` to fix the size, and
@@ -314,7 +315,7 @@ def _export_onnx_torch(model, filepath, input_signature, verbose, opset_version=
         )
     program.save(filepath)
     _check_onnx(filepath, model)
-    if verbose or verbose is None:
+    if verbose:
         print(f"Saved artifact at '{filepath}'.")
 
 

@@ -178,6 +178,10 @@ def cached_conversion(entry: Path, fetch, description: str, license: str | None 
                 f"Cached preset {entry} was invalid ({problem}) and was removed; it could not "
                 f"be rebuilt: {error}"
             ) from error
+        origin = description if "://" in description else f"hf://{description}"
+        # The one line a first load prints (a download shows huggingface_hub's own bars).
+        print(f"keras_pvt: converting {origin} to a keras-hub preset in {entry} (once; later "
+              "loads read it from there)", file=sys.stderr, flush=True)
         staging = entry.parent / f".{entry.name}.tmp-{uuid.uuid4().hex}"
         try:
             convert_to_preset(source, staging)
@@ -193,20 +197,59 @@ def cached_conversion(entry: Path, fetch, description: str, license: str | None 
 # --- Hugging Face Hub -----------------------------------------------------------------------
 
 
+# Who is loading: the CLI sets "cli", so that messages name its flags, not Python calls.
+CALLER = "python"
+
+
 def _offline_error(repo_id: str, handle: str, cause: Exception) -> PresetError:
+    folder = repo_id.split("/")[-1]
+    use = (f"--preset ./{folder}" if CALLER == "cli" else f"from_preset('./{folder}')")
+    name = handle if "://" not in handle else f"'{handle}'"
     return PresetError(
         f"Could not get {handle!r}: it needs the Hugging Face Hub repository {repo_id!r}, "
         "which is not in the local Hugging Face cache, and the Hub cannot be reached "
-        f"(offline, HF_HUB_OFFLINE=1, or no network: {type(cause).__name__}).\n"
-        f"Download it once with network access, e.g. `hf download {repo_id} --local-dir "
-        f"./{repo_id.split('/')[-1]}`, then pass that directory to from_preset: "
-        f"from_preset('./{repo_id.split('/')[-1]}')."
+        f"(offline, HF_HUB_OFFLINE=1, or no network: {type(cause).__name__}). "
+        f"On a machine with network access, `hf download {repo_id}` fills the Hugging Face "
+        f"cache (then {name} works offline), or `hf download {repo_id} --local-dir "
+        f"./{folder}` makes a folder to load with {use}."
     )
+
+
+def _cached_checkpoint(repo_id: str, revision: str | None) -> Path | None:
+    """The repo's snapshot folder if the Hugging Face cache already holds its config and
+    weights (no network is touched, so a filled cache works offline without retries)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    config = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    if not isinstance(config, str):
+        return None
+    if not any(isinstance(try_to_load_from_cache(repo_id, name, revision=revision), str)
+               for name in _WEIGHT_FILES):
+        return None
+    return Path(config).parent
+
+
+def _check_hub_reachable(repo_id: str, handle: str) -> None:
+    """One request without retries, so that no network fails in seconds (huggingface_hub
+    retries a refused connection five times, over half a minute)."""
+    from huggingface_hub import constants, get_session
+
+    if constants.HF_HUB_OFFLINE:
+        return  # huggingface_hub fails at once
+    try:
+        get_session().head(f"{constants.ENDPOINT}/api/models/{repo_id}", timeout=5)
+    except Exception as error:  # httpx's or requests' connection and timeout errors
+        if "connect" in type(error).__name__.lower() or "timeout" in type(error).__name__.lower():
+            raise _offline_error(repo_id, handle, error) from error
 
 
 def download_checkpoint(repo_id: str, handle: str | None = None, revision: str | None = None
                         ) -> Path:
-    """Downloads (or finds in the HF cache) a repo's config and weights; returns its folder."""
+    """Finds in the HF cache, or else downloads, a repo's config and weights; returns its
+    folder."""
+    cached = _cached_checkpoint(repo_id, revision)
+    if cached is not None:
+        return cached
     from functools import partial
 
     from huggingface_hub import hf_hub_download as download
@@ -214,6 +257,7 @@ def download_checkpoint(repo_id: str, handle: str | None = None, revision: str |
 
     hf_hub_download = partial(download, revision=revision)
     handle = handle or f"hf://{repo_id}"
+    _check_hub_reachable(repo_id, handle)
     try:
         config = Path(hf_hub_download(repo_id, "config.json"))
     except LocalEntryNotFoundError as error:

@@ -5,7 +5,9 @@ classifier, a SegFormer segmenter and a GLPN depth estimator (dynamic-size bilin
 resizes); a clear error naming
 the backend to use where a format cannot be produced."""
 
+import contextlib
 import importlib.util
+import io
 import json
 import sys
 import time
@@ -66,9 +68,15 @@ def inputs(batch, height, width, seed=0):
 
 
 def timed_export(model, path, record_delta, label, **kwargs):
+    """Exports with the default verbosity, which prints at most a few lines (keras printed
+    ~200 lines of `Captures:` for a SavedModel)."""
     start = time.perf_counter()
-    model.export(str(path), verbose=False, **kwargs)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+        model.export(str(path), **kwargs)
     record_delta(f"{label}: export wall time (s)", time.perf_counter() - start)
+    lines = printed.getvalue().splitlines()
+    assert len(lines) <= 3, "\n".join(lines[:20])
 
 
 RELOAD = """

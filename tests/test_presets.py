@@ -93,7 +93,7 @@ def test_offline_without_cache_names_the_repo(tmp_path):
     result = run([sys.executable, "-m", "keras_pvt.cli", "predict"], env, check=False)
     assert result.returncode == 2
     assert "OpenGVLab/pvt_v2_b0" in result.stderr
-    assert "from_preset('./pvt_v2_b0')" in result.stderr
+    assert "--preset ./pvt_v2_b0" in result.stderr and "hf download" in result.stderr
     assert not (tmp_path / "keras" / "keras_pvt" / "pvt_v2_b0").exists()
 
 
@@ -169,7 +169,8 @@ def test_cli_presets_verbose_names_task_and_licence(tmp_path):
     script = Path(sys.executable).parent / "keras-pvt"
     result = run([str(script), "presets", "-v"], offline_env(tmp_path / "hf", tmp_path / "k"))
     lines = result.stdout.splitlines()
-    rows = {line.split()[0]: line.split() for line in lines[1:] if not line.startswith(" ")}
+    rows = {line.split()[0]: line.split() for line in lines[1:]
+            if line and not line.startswith((" ", "Converted presets"))}
     assert set(rows) == set(hub.all_presets())
     assert rows["segformer_b0_ade"][1] == "segmenter" and rows["mit_b0"][1] == "classifier"
     licences = [line.strip() for line in lines if line.strip().startswith("licence:")]
@@ -181,7 +182,8 @@ def test_cli_presets_verbose_names_task_and_licence(tmp_path):
     assert rows["glpn_nyu"][1] == "depth_estimator"
     assert sum("GLPDepth terms" in line and "non-commercial" in line for line in licences) == 2
     header = lines[0].split()
-    assert header == ["preset", "task", "params", "source"]
+    assert header == ["preset", "task", "params", "cached"]
     # columns aligned: every row's params column ends where the header's does
     end = lines[0].index("params") + len("params")
-    assert all(line[end - 1].isdigit() for line in lines[1:] if not line.startswith(" "))
+    assert all(line[end - 1].isdigit() for line in lines[1:]
+               if line and not line.startswith((" ", "Converted presets")))

@@ -6,9 +6,10 @@ Keras names (left) follow transformers' modules, so each row reads as a module n
 
 from __future__ import annotations
 
+from keras_pvt.catalog import FAMILY_PRESETS
 from keras_pvt.convert.classification import classifier_task
 from keras_pvt.convert.depth import depth_estimator_task
-from keras_pvt.convert.registry import Family, License, Preset, register
+from keras_pvt.convert.registry import Family, register
 from keras_pvt.convert.segmentation import segmenter_task
 from keras_pvt.models.cvt import (
     CvTBackbone,
@@ -172,45 +173,7 @@ def image_converter_kwargs(preprocessor_config: dict) -> dict:
     return kwargs
 
 
-_PAPER = "Wu et al., CvT, 2021"
-
-
-# The official CvT code and weights (microsoft/CvT). The Hugging Face model cards say
-# apache-2.0; the upstream repository's licence file is MIT.
-LICENSE = License("MIT", "https://github.com/microsoft/CvT/blob/main/LICENSE")
-
-
-def _preset(variant: str, params: int, resolution: int, imagenet_22k: bool = False) -> Preset:
-    name = f"CvT-{variant.upper() if variant.startswith('w') else variant}"
-    if imagenet_22k:
-        data = f"ImageNet-22k pre-trained, ImageNet-1k fine-tuned at {resolution}x{resolution}"
-    else:
-        data = f"ImageNet-1k, {resolution}x{resolution}"
-    suffix = f"-{resolution}" if resolution != 224 else ""
-    suffix += "-22k" if imagenet_22k else ""
-    return Preset(
-        f"microsoft/cvt-{variant}{suffix}",
-        f"{name}, {params / 1e6:.1f}M parameters. {data} ({_PAPER}).",
-        params,
-        LICENSE,
-    )
-
-
-# Parameter counts of transformers' CvtForImageClassification with 1000 classes (BatchNorm
-# running statistics are buffers there, not parameters; keras counts them as weights).
-CVT_13_PARAMS = 19_997_480
-CVT_21_PARAMS = 31_622_696
-CVT_W24_PARAMS = 277_196_392
-
-PRESETS = {
-    "cvt_13": _preset("13", CVT_13_PARAMS, 224),
-    "cvt_13_384": _preset("13", CVT_13_PARAMS, 384),
-    "cvt_13_384_22k": _preset("13", CVT_13_PARAMS, 384, imagenet_22k=True),
-    "cvt_21": _preset("21", CVT_21_PARAMS, 224),
-    "cvt_21_384": _preset("21", CVT_21_PARAMS, 384),
-    "cvt_21_384_22k": _preset("21", CVT_21_PARAMS, 384, imagenet_22k=True),
-    "cvt_w24_384_22k": _preset("w24", CVT_W24_PARAMS, 384, imagenet_22k=True),
-}
+PRESETS = FAMILY_PRESETS["cvt"]
 
 FAMILY = register(Family(
     name="cvt",

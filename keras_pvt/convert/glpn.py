@@ -5,8 +5,6 @@ config translation and presets, used by the PVT v2 family's registration.
 
 from __future__ import annotations
 
-from keras_pvt.convert.registry import License, Preset
-
 BACKBONE_PREFIX = "glpn."  # GLPNForDepthEstimation wraps GLPNModel
 
 _FUSION = {
@@ -45,27 +43,3 @@ def image_converter_kwargs(config: dict) -> dict:
     }
 
 
-# The authors' repository has no licence file; its README restricts the code and weights
-# to non-commercial use (the Hub model cards say apache-2.0, which the authors did not).
-LICENSE = License(
-    "GLPDepth terms (no licence file; non-commercial use per the authors' README)",
-    "https://github.com/vinvino02/GLPDepth",
-    commercial=False,
-)
-_PAPER = "Kim et al., GLPN, 2022"
-_PARAMS = 61_220_903  # GLPNForDepthEstimation with the MiT-b4 encoder (both checkpoints)
-
-PRESETS = {
-    "glpn_kitti": Preset(
-        "vinvino02/glpn-kitti",
-        f"GLPN monocular depth (MiT-b4 encoder), {_PARAMS / 1e6:.1f}M parameters. KITTI "
-        f"(outdoor driving), depth up to 80 m ({_PAPER}).",
-        _PARAMS, LICENSE, task="depth_estimator",
-    ),
-    "glpn_nyu": Preset(
-        "vinvino02/glpn-nyu",
-        f"GLPN monocular depth (MiT-b4 encoder), {_PARAMS / 1e6:.1f}M parameters. NYU Depth "
-        f"v2 (indoor), depth up to 10 m ({_PAPER}).",
-        _PARAMS, LICENSE, task="depth_estimator",
-    ),
-}

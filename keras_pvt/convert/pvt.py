@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import math
 
+from keras_pvt.catalog import FAMILY_PRESETS
 from keras_pvt.checkpoints.keymap import prefixed
 from keras_pvt.convert.classification import classifier_task
 from keras_pvt.convert.depth import depth_estimator_task
 from keras_pvt.convert.pvt_v2 import (
-    LICENSE,
     TIMM_BLOCK,
     sra_kwargs_from_transformers,
     sra_kwargs_from_weights,
 )
-from keras_pvt.convert.registry import Family, Preset, register
+from keras_pvt.convert.registry import Family, register
 from keras_pvt.convert.segmentation import segmenter_task
 from keras_pvt.models.pvt import (
     PVTBackbone,
@@ -147,25 +147,7 @@ def backbone_kwargs_from_weights(state_dict: dict, layout: str) -> dict:
     }
 
 
-_IMAGENET = "ImageNet-1k, 224x224 (Wang et al., PVT, 2021)"
-
-
-def _preset(variant: str, params: int) -> Preset:
-    return Preset(
-        f"Zetatech/pvt-{variant}-224",
-        f"PVT v1 {variant}, {params / 1e6:.1f}M parameters. {_IMAGENET}.",
-        params,
-        LICENSE,
-    )
-
-
-# Parameter counts (1000 classes) of transformers' PvtForImageClassification.
-PRESETS = {
-    "pvt_tiny": _preset("tiny", 13_229_288),
-    "pvt_small": _preset("small", 24_485_864),
-    "pvt_medium": _preset("medium", 44_208_104),
-    "pvt_large": _preset("large", 61_369_320),
-}
+PRESETS = FAMILY_PRESETS["pvt"]
 
 FAMILY = register(Family(
     name="pvt",

@@ -6,11 +6,12 @@ Keras names (left) follow transformers' modules; each source is one table.
 
 from __future__ import annotations
 
+from keras_pvt.catalog import FAMILY_PRESETS
 from keras_pvt.checkpoints.keymap import fused, prefixed
 from keras_pvt.convert import glpn, segformer
 from keras_pvt.convert.classification import classifier_task
 from keras_pvt.convert.depth import depth_estimator_task
-from keras_pvt.convert.registry import Family, License, Preset, register
+from keras_pvt.convert.registry import Family, register
 from keras_pvt.convert.segmentation import segmenter_task
 from keras_pvt.models.pvt_v2 import (
     PVTv2Backbone,
@@ -200,32 +201,7 @@ def backbone_kwargs_from_weights(state_dict: dict, layout: str) -> dict:
     }
 
 
-_IMAGENET = "ImageNet-1k, 224x224 (Wang et al., PVT v2, 2022)"
-# The official PVT / PVT v2 code and weights (whai362/PVT, the same file on every branch).
-LICENSE = License("Apache-2.0", "https://github.com/whai362/PVT/blob/v2/LICENSE")
-
-
-def _preset(variant: str, params: int, what: str = "") -> Preset:
-    name = variant.replace("_linear", "-linear")
-    return Preset(
-        f"OpenGVLab/pvt_v2_{variant}",
-        f"PVT v2 {name}{what}, {params / 1e6:.1f}M parameters. {_IMAGENET}.",
-        params,
-        LICENSE,
-    )
-
-
-PRESETS = {
-    "pvt_v2_b0": _preset("b0", 3_666_760),
-    "pvt_v2_b1": _preset("b1", 14_009_000),
-    "pvt_v2_b2": _preset("b2", 25_362_856),
-    "pvt_v2_b2_linear": _preset("b2_linear", 22_553_512, " (linear SRA, 7x7 pooling)"),
-    "pvt_v2_b3": _preset("b3", 45_238_696),
-    "pvt_v2_b4": _preset("b4", 62_556_072),
-    "pvt_v2_b5": _preset("b5", 81_956_008),
-    **segformer.PRESETS,
-    **glpn.PRESETS,
-}
+PRESETS = FAMILY_PRESETS["pvt_v2"]
 
 FAMILY = register(Family(
     name="pvt_v2",

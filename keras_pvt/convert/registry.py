@@ -12,42 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from keras_pvt.catalog import License, Preset  # noqa: F401 (re-exported)
 from keras_pvt.checkpoints.keymap import KeyTable
-
-
-@dataclass(frozen=True)
-class License:
-    """The licence of a preset's weights, as its upstream repository states it."""
-
-    name: str  # SPDX identifier, or the licence's title
-    url: str
-    commercial: bool = True  # False: research / evaluation only
-
-    def describe(self) -> str:
-        use = "" if self.commercial else " (non-commercial: research or evaluation only)"
-        return f"{self.name}{use}, {self.url}"
-
-
-@dataclass(frozen=True)
-class Preset:
-    """A built-in preset: where its official checkpoint lives, what it is, its licence."""
-
-    hf_repo: str
-    description: str
-    params: int
-    license: License
-    source: str = "transformers"
-    task: str = "classifier"  # what the checkpoint holds: a `Task.name`, or "backbone"
-
-    def metadata(self) -> dict:
-        return {
-            "description": self.description,
-            "params": self.params,
-            "source": f"{self.source}: https://huggingface.co/{self.hf_repo}",
-            "hf_repo": self.hf_repo,
-            "task": self.task,
-            "license": self.license.describe(),
-        }
 
 
 @dataclass(frozen=True)

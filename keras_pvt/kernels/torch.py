@@ -145,7 +145,8 @@ class DirectCall:
     """
 
     def __call__(self, *args, **kwargs):
-        if getattr(_calls, "depth", 0) and self.built and args and torch.is_tensor(args[0]):
+        if (getattr(_calls, "depth", 0) and self.built and args and torch.is_tensor(args[0])
+                and plain(self)):  # (keras' __call__ dispatches quantized calls)
             if "training" in kwargs and not _takes_training(type(self)):
                 del kwargs["training"]
             return self.call(*args, **kwargs)

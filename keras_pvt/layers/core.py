@@ -30,6 +30,17 @@ class Layer(kernels.DirectCall, keras.layers.Layer):
             setattr(self, name, values[name])
         self._config_names = tuple(dict.fromkeys((*self._config_names, *names)))
 
+    # Set by the backbone's `enable_gradient_checkpointing()` on its blocks (not saved).
+    gradient_checkpointing = False
+
+    def _checkpointed(self, forward, x, training=None):
+        """`forward(x, training)`; while training with gradient checkpointing, its
+        activations are recomputed in the backward pass instead of kept (`keras.remat`:
+        `jax.checkpoint`, `tf.recompute_grad`, `torch.utils.checkpoint`)."""
+        if self.gradient_checkpointing and training:
+            return keras.remat(lambda inputs: forward(inputs, training=True))(x)
+        return forward(x, training=training)
+
     def get_config(self):
         config = super().get_config()
         config.update({name: getattr(self, name) for name in self._config_names})
@@ -42,6 +53,10 @@ class Dense(kernels.DirectCall, keras.layers.Dense):
 
     def call(self, inputs, training=None):
         return kernels.dense(self, inputs)
+
+    def quantize(self, mode=None, type_check=True, config=None):
+        # keras quantizes only exact `Dense` instances; this subclass changes no weights.
+        super().quantize(mode, type_check=False, config=config)
 
 
 @keras.saving.register_keras_serializable(package="keras_pvt")

@@ -78,6 +78,9 @@ class EncoderBlock(Layer):
         self.built = True
 
     def call(self, x, training=None):
+        return self._checkpointed(self._forward, x, training=training)
+
+    def _forward(self, x, training=None):
         attention = self.attention(self.layer_norm_1(x), training=training)
         x = residual(x, self.drop_path_layer(attention, training=training))
         ffn = self.mlp(self.layer_norm_2(x), training=training)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections.abc
 import contextlib
+import importlib
 import inspect
 import json
 import typing
@@ -19,6 +20,7 @@ import keras
 import numpy as np
 from keras_hub.models import FeaturePyramidBackbone, Task
 
+from keras_pvt.catalog import PresetError
 from keras_pvt.checkpoints.io import CheckpointError, check_keras_weights
 from keras_pvt.export import ExportMixin
 
@@ -283,9 +285,12 @@ def set_preset_resolver(resolver) -> None:
     _preset_resolver = resolver
 
 
-class PresetError(ValueError):
-    """A preset that cannot be resolved (unknown name, offline, corrupted cache...) or that
-    does not hold what the loading class needs."""
+def _resolver():
+    if _preset_resolver is None:
+        # A model module was imported without the package's `_load`: importing the hub
+        # (above this layer, so by name) installs it.
+        importlib.import_module("keras_pvt.hub")
+    return _preset_resolver
 
 
 class PresetMixin(ExportMixin, ImageInputMixin):
@@ -302,7 +307,7 @@ class PresetMixin(ExportMixin, ImageInputMixin):
     @classproperty
     def presets(cls) -> dict:
         """The built-in presets this class can load, with description, size and source."""
-        return _preset_resolver.presets_for(cls)
+        return _resolver().presets_for(cls)
 
     @classmethod
     def from_preset(cls, preset: str, load_weights: bool = True, **kwargs):
@@ -318,9 +323,17 @@ class PresetMixin(ExportMixin, ImageInputMixin):
         """
         if "num_classes" in kwargs and "class_names" in inspect.signature(cls.__init__).parameters:
             kwargs.setdefault("class_names", None)  # a new head: no names unless given
-        with _preset_resolver.resolve(preset, cls) as local_preset:
+        with _resolver().resolve(preset, cls) as local_preset:
             _check_task_kind(cls, preset, local_preset, kwargs)
             return super().from_preset(local_preset, load_weights=load_weights, **kwargs)
+
+    def quantize(self, mode=None, **kwargs):
+        """`keras.Model.quantize` (e.g. `"int8"`: the Dense layers' weights, which hold most of
+        the parameters, become int8 with per-channel scales), without keras' warning for each
+        layer it leaves in float (norms, convolutions, pooling)."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*does not have a `quantize` method")
+            return super().quantize(mode, **kwargs)
 
     # keras-hub loads presets through these two. Keras matches weights to layers by order and
     # ignores leftover tensors, so the file's structure is checked first, and load errors
@@ -457,6 +470,14 @@ class PyramidBackbone(PresetMixin, FeaturePyramidBackbone):
     def attention_blocks(self) -> list:
         """The encoder blocks (layers with `attention_probabilities`), in the order they run."""
         return [layer for layer in self.layers if hasattr(layer, "attention_probabilities")]
+
+    def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
+        """Recomputes each encoder block's activations in the backward pass instead of
+        keeping them (transformers' `gradient_checkpointing_enable()`): training peak
+        memory falls, a step costs about one more forward pass. Call it before `fit` (or
+        before `compile` when `fit` already ran)."""
+        for block in self.attention_blocks():
+            block.gradient_checkpointing = enabled
 
     def attention_maps(self, images, batch_size: int | None = None) -> list[np.ndarray]:
         """The softmax attention probabilities of every encoder block, in order.

@@ -9,6 +9,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_pvt.data import image_items
+
 
 def predict_per_image(task, images, method: str, batch_size: int,
                       finish: Callable[[object, list[tuple[int, int]]], list[np.ndarray]],
@@ -22,16 +24,15 @@ def predict_per_image(task, images, method: str, batch_size: int,
     and the images' original `(height, width)` into a list of per-image NumPy results.
 
     Args:
-        images: one image `(height, width, channels)`, a batch array, or a list of images of
-            any sizes.
+        images: one image (a path, a PIL image or a `(height, width, channels)` array), a
+            batch array, or a list of images of any sizes.
         method: the public method's name, for errors.
         check: called on each image before anything runs (clear errors up front).
 
     Returns:
         one result for one image, the stacked results for a batch array, a list for a list.
     """
-    single = hasattr(images, "shape") and len(images.shape) == 3
-    items = [np.asarray(image) for image in ([images] if single else images)]
+    single, items = image_items(images, method)
     for item in items:
         if item.ndim != 3:
             raise ValueError(
