@@ -19,6 +19,8 @@ import warnings
 import keras
 import numpy as np
 
+from keras_pvt.layers.core import adopt_remat_scope
+
 
 def _is_torch_data_loader(data) -> bool:
     torch_data = getattr(type(data), "__module__", "").startswith("torch.utils.data")
@@ -154,7 +156,9 @@ class PythonDataMixin:
 
     def fit(self, x=None, y=None, batch_size=None, validation_data=None, **kwargs):
         """`keras.Model.fit`; also accepts a `PyDataset` or a torch `DataLoader`, and shuffles
-        arrays every epoch (unless `shuffle=False`)."""
+        arrays every epoch (unless `shuffle=False`). A model built inside
+        `keras.RematScope` trains with its encoder blocks checkpointed."""
+        adopt_remat_scope(self)
         if _is_array_data(x) and kwargs.get("steps_per_epoch") is None:
             split = kwargs.pop("validation_split", None)
             sample_weight = kwargs.pop("sample_weight", None)
@@ -198,6 +202,7 @@ class PythonDataMixin:
 
     def evaluate(self, x=None, y=None, batch_size=None, **kwargs):
         """`keras.Model.evaluate`; also accepts a `PyDataset` or a torch `DataLoader`."""
+        adopt_remat_scope(self)
         if not is_python_data(x):
             return super().evaluate(x, y, batch_size=batch_size, **kwargs)
         _no_targets_with_pipeline(y, batch_size, "evaluate")
@@ -207,6 +212,7 @@ class PythonDataMixin:
         """`keras.Model.predict`; also accepts a `PyDataset` or a torch `DataLoader`, and
         raw images: a path, a PIL image, one `(height, width, channels)` array, or a list of
         these (any sizes). One output row per image, in order."""
+        adopt_remat_scope(self)
         if is_python_data(x):
             _no_targets_with_pipeline(None, batch_size, "predict")
             return keras.Model.predict(self, preprocessed(x, self._python_data_preprocess),

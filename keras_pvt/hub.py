@@ -30,6 +30,7 @@ import keras
 import keras_hub
 from filelock import FileLock, Timeout
 
+from keras_pvt.catalog import MANIFEST, cache_root, keras_home  # noqa: F401 (public here too)
 from keras_pvt.checkpoints.io import CheckpointError
 from keras_pvt.convert import (
     FAMILIES,
@@ -43,7 +44,6 @@ from keras_pvt.convert import (
 from keras_pvt.models import base
 from keras_pvt.models.base import PresetError
 
-MANIFEST = "keras_pvt_manifest.json"
 # Hub naming rules (ASCII letters, digits, `_.-`, no `--` or `..`, at most 96 characters),
 # checked before a handle becomes part of a path.
 _REPO_PART = r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9])?"
@@ -55,15 +55,6 @@ _COMMIT = re.compile(r"[0-9a-f]{40}")
 LOCK_TIMEOUT_S = float(os.environ.get("KERAS_PVT_LOCK_TIMEOUT", 1800))
 _OPTIONAL_FILES = ("preprocessor_config.json",)
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-
-
-def keras_home() -> Path:
-    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
-
-
-def cache_root() -> Path:
-    """Where converted presets live: `$KERAS_HOME/keras_pvt`."""
-    return keras_home() / "keras_pvt"
 
 
 def presets_for(cls) -> dict[str, dict]:

@@ -24,6 +24,7 @@ from keras_pvt import hub
 from keras_pvt.data import ShuffledArrays
 from tests.helpers.hub_cache import offline_env, place_in_hf_cache, run
 from tests.helpers.reference import hf_pvt_v2
+from tests.helpers.reference_cvt import hf_cvt
 
 BACKEND = keras.backend.backend()
 SCRIPT = Path(sys.executable).parent / "keras-pvt"
@@ -253,6 +254,36 @@ def test_gradient_checkpointing_trains_identically(checkpoint, monkeypatch):
     delta = max(float(np.abs(a - b).max()) for a, b in zip(*weights))
     assert delta < 1e-5
     assert max(float(np.abs(a - b).max()) for a, b in zip(weights[0], _initial(checkpoint))) > 0
+
+
+def test_remat_scope_checkpoints_whole_blocks(checkpoint):
+    """A model built inside `keras.RematScope(mode="full")` trains (keras' per-layer remat
+    failed on every backend) with its blocks checkpointed, to the same weights."""
+    images = np.random.default_rng(4).integers(0, 256, (4, 64, 64, 3)).astype("float32")
+    weights = []
+    for scoped in (False, True):
+        keras.utils.set_random_seed(0)
+        with keras.RematScope(mode="full" if scoped else None):
+            model = keras_pvt.PVTv2Classifier.from_preset(str(checkpoint))
+        model.compile(optimizer=keras.optimizers.SGD(0.1),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.fit(images, np.arange(4) % 4, batch_size=4, epochs=2, verbose=0, shuffle=False)
+        weights.append([keras.ops.convert_to_numpy(v) for v in model.trainable_weights])
+        assert all(block.gradient_checkpointing is scoped
+                   for block in model.backbone.attention_blocks())
+    assert max(float(np.abs(a - b).max()) for a, b in zip(*weights)) < 1e-5
+
+
+def test_checkpointing_refuses_blocks_it_cannot_replay(checkpoint, tmp_path):
+    backbone = keras_pvt.PVTv2Backbone.from_preset(str(checkpoint), drop_path_rate=0.1)
+    with pytest.raises(ValueError, match=r"stage1_block0 has DropPath .* with rate 0\.03.*"
+                                         r"drop_path_rate=0\.0"):
+        backbone.enable_gradient_checkpointing()
+    hf_cvt("small", num_labels=3).save_pretrained(tmp_path / "cvt")
+    backbone = keras_pvt.CvTBackbone.from_preset(str(tmp_path / "cvt"))
+    with pytest.raises(ValueError, match="has batch normalisation"):
+        backbone.enable_gradient_checkpointing()
+    backbone.enable_gradient_checkpointing(False)  # (turning it off always works)
 
 
 def _initial(checkpoint):

@@ -13,6 +13,19 @@ from keras_pvt.convert.registry import FAMILIES, Family, Task
 from keras_pvt.tasks.preprocessing import imagenet_scale_offset
 
 _INTERPOLATIONS = {0: "nearest", 1: "lanczos3", 2: "bilinear", 3: "bicubic"}
+_IMAGENET = {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
+# What transformers' image processor for each `model_type` does when a checkpoint has no
+# preprocessor_config.json (its constructor's defaults, transformers 5): Pvt-, ConvNext-
+# (whose mean and std are 0.5, unlike CvT's published configs), Segformer- and
+# GLPNImageProcessor. Resample codes are PIL's (2 bilinear, 3 bicubic).
+PROCESSOR_DEFAULTS = {
+    "pvt_v2": {"size": {"height": 224, "width": 224}, "resample": 3, **_IMAGENET},
+    "pvt": {"size": {"height": 224, "width": 224}, "resample": 3, **_IMAGENET},
+    "cvt": {"size": {"shortest_edge": 384}, "crop_pct": 224 / 256, "resample": 3,
+            "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]},
+    "segformer": {"size": {"height": 512, "width": 512}, "resample": 2, **_IMAGENET},
+    "glpn": {"size_divisor": 32, "resample": 2},
+}
 
 
 @dataclass
@@ -101,6 +114,8 @@ def _image_converter(family: Family, task: Task | None, converter_cls: type,
                      checkpoint: Checkpoint):
     config = checkpoint.preprocessor_config
     if not config:
+        config = PROCESSOR_DEFAULTS.get((checkpoint.config or {}).get("model_type"))
+    if not config:  # timm or original checkpoints: the converter's defaults
         return converter_cls()
     kwargs = {}
     size = config.get("size")

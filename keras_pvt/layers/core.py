@@ -33,18 +33,60 @@ class Layer(kernels.DirectCall, keras.layers.Layer):
     # Set by the backbone's `enable_gradient_checkpointing()` on its blocks (not saved).
     gradient_checkpointing = False
 
-    def _checkpointed(self, forward, x, training=None):
-        """`forward(x, training)`; while training with gradient checkpointing, its
-        activations are recomputed in the backward pass instead of kept (`keras.remat`:
-        `jax.checkpoint`, `tf.recompute_grad`, `torch.utils.checkpoint`)."""
-        if self.gradient_checkpointing and training:
-            return keras.remat(lambda inputs: forward(inputs, training=True))(x)
-        return forward(x, training=training)
+    def _checkpointed(self, forward, *inputs, training=None):
+        """`forward(*inputs, training=training)`; while training with gradient checkpointing,
+        its activations are recomputed in the backward pass instead of kept (`keras.remat`:
+        `jax.checkpoint`, `tf.recompute_grad`, `torch.utils.checkpoint`). `None` inputs
+        (an absent class token) stay out of the checkpointed arguments."""
+        if not (self.gradient_checkpointing and training):
+            return forward(*inputs, training=training)
+
+        def run(*tensors):
+            given = iter(tensors)
+            return forward(*[None if x is None else next(given) for x in inputs], training=True)
+
+        return keras.remat(run)(*[x for x in inputs if x is not None])
 
     def get_config(self):
         config = super().get_config()
         config.update({name: getattr(self, name) for name in self._config_names})
         return config
+
+
+def checkpointing_obstacle(block) -> str | None:
+    """Why `block` cannot be checkpointed, or None. Recomputing a block must replay its
+    forward pass exactly and change no state: a random mask (dropout, drop path) would be
+    drawn again, and batch-norm statistics updated twice (and, on JAX, from inside
+    `jax.checkpoint`, which cannot carry state out)."""
+    for layer in block._flatten_layers():
+        if isinstance(layer, keras.layers.BatchNormalization):
+            return f"{block.name} has batch normalisation ({layer.name})"
+        if (getattr(layer, "rate", 0) or 0) > 0:
+            return f"{block.name} has {type(layer).__name__} {layer.name} with rate {layer.rate}"
+    return None
+
+
+def adopt_remat_scope(model) -> None:
+    """Turns keras' per-layer rematerialisation (layers built inside `keras.RematScope`) into
+    keras_pvt's per-block gradient checkpointing.
+
+    keras would rematerialise every layer separately, passing non-tensor arguments
+    (`training`) through `tf.recompute_grad` / `jax.checkpoint`, and also the preprocessing
+    layers that run in the data pipeline; each backend failed one of those. An encoder block
+    built inside the scope is checkpointed whole instead (if it can be: see
+    `checkpointing_obstacle`), and no other layer is.
+    """
+    layers = list(model._flatten_layers())
+    preprocessor = getattr(model, "preprocessor", None)
+    if preprocessor is not None:
+        layers += list(preprocessor._flatten_layers())
+    for layer in layers:
+        # keras' record of the scope: None, or a RematMode whose `mode` may be None.
+        if getattr(getattr(layer, "_remat_mode", None), "mode", None) is None:
+            continue
+        if hasattr(layer, "attention_probabilities"):  # an encoder block
+            layer.gradient_checkpointing = checkpointing_obstacle(layer) is None
+        layer._remat_mode = None
 
 
 @keras.saving.register_keras_serializable(package="keras_pvt")

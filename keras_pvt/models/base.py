@@ -23,6 +23,7 @@ from keras_hub.models import FeaturePyramidBackbone, Task
 from keras_pvt.catalog import PresetError
 from keras_pvt.checkpoints.io import CheckpointError, check_keras_weights
 from keras_pvt.export import ExportMixin
+from keras_pvt.layers.core import checkpointing_obstacle
 
 
 class classproperty:  # noqa: N801 - mirrors the builtin `property`
@@ -475,8 +476,22 @@ class PyramidBackbone(PresetMixin, FeaturePyramidBackbone):
         """Recomputes each encoder block's activations in the backward pass instead of
         keeping them (transformers' `gradient_checkpointing_enable()`): training peak
         memory falls, a step costs about one more forward pass. Call it before `fit` (or
-        before `compile` when `fit` already ran)."""
-        for block in self.attention_blocks():
+        before `compile` when `fit` already ran).
+
+        Raises:
+            ValueError: a block draws random masks in training (dropout or drop path above
+                0: the recomputation would draw new ones) or has batch normalisation (CvT's
+                projections: its statistics would be updated twice).
+        """
+        blocks = self.attention_blocks()
+        if enabled:
+            obstacle = next(filter(None, map(checkpointing_obstacle, blocks)), None)
+            if obstacle is not None:
+                raise ValueError(
+                    f"Gradient checkpointing recomputes each encoder block exactly, but "
+                    f"{obstacle}. Build the backbone with drop_path_rate=0.0 and dropout "
+                    "rates 0; CvT's batch-normalised projections cannot be checkpointed.")
+        for block in blocks:
             block.gradient_checkpointing = enabled
 
     def attention_maps(self, images, batch_size: int | None = None) -> list[np.ndarray]:

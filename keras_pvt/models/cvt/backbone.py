@@ -122,6 +122,9 @@ class CvTLayer(Layer):
         self.built = True
 
     def call(self, inputs, cls_token=None, training=None):
+        return self._checkpointed(self._forward, inputs, cls_token, training=training)
+
+    def _forward(self, inputs, cls_token=None, training=None):
         shape = ops.shape(inputs)
         x, num_cls = self._sequence(inputs, cls_token)
         attention = self.attention(*self._attention_inputs(x, shape, num_cls), training=training)
