@@ -328,6 +328,31 @@ class PresetMixin(ExportMixin, ImageInputMixin):
             _check_task_kind(cls, preset, local_preset, kwargs)
             return super().from_preset(local_preset, load_weights=load_weights, **kwargs)
 
+    # --- PyTorch: a real `torch.nn.Module` -------------------------------------------------
+    # keras makes a `ParameterDict` of the model's variables, but keras-hub sets attributes
+    # with `object.__setattr__` while a model is built on PyTorch, so torch never saw it:
+    # `parameters()` was empty, and torch optimizers, `state_dict()` and
+    # `DistributedDataParallel` had nothing to work on. These register the current
+    # variables (including LoRA's, added later) each time torch asks for them.
+
+    def _track_variables(self):
+        super()._track_variables()
+        import torch
+
+        torch.nn.Module.__setattr__(self, "_torch_params", self._torch_params)
+
+    def named_parameters(self, prefix="", recurse=True, remove_duplicate=True):
+        self._track_variables()
+        return super().named_parameters(prefix, recurse, remove_duplicate)
+
+    def state_dict(self, *args, **kwargs):
+        self._track_variables()
+        return super().state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict, *args, **kwargs):
+        self._track_variables()
+        return super().load_state_dict(state_dict, *args, **kwargs)
+
     def quantize(self, mode=None, **kwargs):
         """`keras.Model.quantize` (e.g. `"int8"`: the Dense layers' weights, which hold most of
         the parameters, become int8 with per-channel scales), without keras' warning for each
