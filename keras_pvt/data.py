@@ -293,11 +293,14 @@ def as_images(x, method: str):
     images (a tensor dataset, a dict...) is returned as it is."""
     if isinstance(x, (list, tuple)) and x:
         items = [_as_image(item) for item in x]
-        if any(item is None for item in items):
-            bad = next(type(i).__name__ for i, item in zip(x, items) if item is None)
+        bad = next((given for given, item in zip(x, items) if item is None), None)
+        if bad is not None and hasattr(bad, "shape"):
+            raise ValueError(f"{method}() takes images of shape (height, width, channels); "
+                             f"received an array of shape {tuple(bad.shape)} in the list.")
+        if bad is not None:
             raise ValueError(
                 f"{method}() takes images as paths, PIL images or (height, width, channels) "
-                f"arrays, or a batch array; the list holds a {bad}.")
+                f"arrays, or a batch array; the list holds a {type(bad).__name__}.")
         check_unit_range(items)
         if len({item.shape for item in items}) == 1:
             return np.stack(items)

@@ -116,6 +116,12 @@ def test_filled_cache_without_network_then_no_cache(checkpoint, tmp_path):
                      "from there)"], first.stderr
     second = run([str(SCRIPT), "predict", "--top", "1", "--json"], env)
     assert second.stderr == "" and second.stdout == first.stdout
+    output = tmp_path / "converted"
+    output.mkdir()
+    (output / "notes.txt").write_text("replaced")
+    result = run([str(SCRIPT), "convert", "pvt_v2_b0", str(output), "--overwrite"], env)
+    assert result.stdout == f"Wrote keras-hub preset to {output}\n" and result.stderr == ""
+    assert (output / "config.json").is_file() and not (output / "notes.txt").exists()
 
     env["HF_HUB_CACHE"] = str(tmp_path / "empty")
     for argv in (["predict", "--preset", "pvt_v2_b2"], ["convert", "pvt_v2_b2", "out"]):
