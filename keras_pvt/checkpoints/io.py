@@ -244,12 +244,16 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         )
     with open(path, "rb") as file:
         magic = file.read(4)
-    if magic.startswith(b"PK") and not zipfile.is_zipfile(path):
+    try:
+        is_zip = zipfile.is_zipfile(path)
+    except zipfile.BadZipFile as error:  # e.g. an end record claiming several disks
+        raise CheckpointError(f"{path}: corrupted PyTorch checkpoint ({error}).") from error
+    if magic.startswith(b"PK") and not is_zip:
         raise CheckpointError(
             f"{path}: truncated or corrupted PyTorch checkpoint (a zip archive without its "
             "central directory)."
         )
-    if zipfile.is_zipfile(path):
+    if is_zip:
         try:
             state = _read_torch_zip(path)
         except CheckpointError:

@@ -86,6 +86,22 @@ def test_corrupted_pytorch_bin(tiny_bin, tmp_path):
         _load(directory)
 
 
+def test_zip_end_record_claiming_several_disks(tiny_bin, tmp_path):
+    """`zipfile.is_zipfile` itself raised `BadZipFile` ("zipfiles that span multiple disks
+    are not supported") for a ZIP64 locator that counts two disks (found by fuzzing)."""
+    import struct
+
+    directory = shutil.copytree(tiny_bin, tmp_path / "ckpt")
+    weights = directory / "pytorch_model.bin"
+    data = weights.read_bytes()
+    end = data.rindex(b"PK\x05\x06")
+    locator = struct.pack("<4sLQL", b"PK\x06\x07", 0, 0, 2)
+    weights.write_bytes(data[:end] + locator + data[end:])
+    with pytest.raises(CheckpointError, match=re.escape(f"{weights}: corrupted PyTorch") +
+                       ".*span multiple disks"):
+        _load(directory)
+
+
 def test_bin_checkpoint_still_loads(tiny_bin):
     # The control for the two tests above: the intact file loads.
     assert _load(tiny_bin).output_shape == (None, 4)
