@@ -67,8 +67,8 @@ def test_small_image_error_names_the_binding_layer(backbone):
 
 
 @pytest.mark.parametrize("name,x,error,pattern", [
-    ("3-D single image", np.zeros((64, 64, 3), "uint8"), ValueError,
-     r"predict\(\) expects a 4-D batch .*add a batch axis"),
+    ("2-D", np.zeros((64, 64), "uint8"), ValueError,
+     r"predict\(\) expects a 4-D batch .*received a 2-D input of shape \(64, 64\)"),
     ("5-D", np.zeros((1, 1, 64, 64, 3), "uint8"), ValueError, r"received a 5-D input"),
     ("channels-first", np.zeros((2, 3, 64, 64), "uint8"), ValueError, NCHW_HINT),
     ("bool", np.zeros((2, 64, 64, 3), bool), TypeError, r"received dtype bool"),
@@ -77,6 +77,12 @@ def test_small_image_error_names_the_binding_layer(backbone):
 def test_bad_raw_images_on_predict(classifier, name, x, error, pattern):
     with pytest.raises(error, match=pattern):
         classifier.predict(x, verbose=0)
+
+
+def test_a_single_image_is_a_batch_of_one(classifier):
+    image = np.zeros((64, 64, 3), "uint8")
+    np.testing.assert_array_equal(classifier.predict(image, verbose=0),
+                                  classifier.predict(image[None], verbose=0))
 
 
 def test_predict_resizes_small_raw_images(classifier):

@@ -204,6 +204,7 @@ def test_valid_revisions_are_pinned_to_a_commit_entry(hf_tiny, tmp_path, monkeyp
         return str(snapshot / filename)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    monkeypatch.setattr(hub, "_check_hub_reachable", lambda repo_id, handle: None)  # (faked)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     model = keras_pvt.PVTv2Classifier.from_preset("hf://owner/repo@v1.0")
     assert model.output_shape == (None, 4)
