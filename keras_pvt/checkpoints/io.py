@@ -90,6 +90,13 @@ def _rebuild_tensor(storage, offset, size, stride, *unused):
             f"a tensor in the pickle (offset {offset}, size {size}, stride {stride}) points "
             f"outside its storage of {storage.size} elements."
         )
+    if int(np.prod(size, dtype=object)) > storage.size:
+        # Only a broadcast view (stride 0) has more elements than its storage; weights never
+        # are one, and copying it could allocate any amount of memory.
+        raise ValueError(
+            f"a tensor in the pickle (size {size}, stride {stride}) has more elements than "
+            f"its storage of {storage.size}."
+        )
     itemsize = storage.dtype.itemsize
     return np.lib.stride_tricks.as_strided(
         storage[offset:], shape=size, strides=tuple(s * itemsize for s in stride)
@@ -224,8 +231,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         try:
             index = json.loads(path.read_text())
             shards = sorted(set(index["weight_map"].values()))
-        except (ValueError, KeyError) as error:
-            raise CheckpointError(f"{path}: not a valid shard index ({error}).") from error
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise CheckpointError(f"{path}: not a valid shard index ({error!r}).") from error
         state = {}
         for shard in shards:
             # Shards live next to their index: a name with a directory part could point

@@ -89,6 +89,39 @@ def test_tensor_pointing_outside_its_storage_is_refused(tmp_path):
         read_state_dict(path)
 
 
+def test_broadcast_tensor_cannot_allocate_without_bound(tmp_path):
+    """Stride 0 keeps every element inside a one-element storage, but copying a
+    10^6 x 10^6 view would allocate 4 TB: more elements than storage is refused."""
+    import torch
+
+    storage = object()
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            return ("storage", torch.FloatStorage, "0", "cpu", 1) if obj is storage else None
+
+    class Tensor:
+        def __reduce__(self):
+            return torch._utils._rebuild_tensor_v2, (
+                storage, 0, (10**6, 10**6), (0, 0), False, {})
+
+    buffer = io.BytesIO()
+    Pickler(buffer, protocol=2).dump({"w": Tensor()})
+    path = _torch_zip(tmp_path / "model.bin", buffer.getvalue(),
+                      {"0": np.zeros(1, "float32").tobytes()})
+    with pytest.raises(CheckpointError, match=r"has more elements than its storage of 1"):
+        read_state_dict(path)
+
+
+@pytest.mark.parametrize("content", ['{"weight_map": ["a.safetensors"]}', '["x"]',
+                                     '{"weight_map": 3}'])
+def test_malformed_shard_index(tmp_path, content):
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_text(content)
+    with pytest.raises(CheckpointError, match=re.escape(f"{index}: not a valid shard index")):
+        read_state_dict(index)
+
+
 def test_shard_index_cannot_point_outside_its_directory(tmp_path):
     (tmp_path / "outside.safetensors").write_bytes(b"")
     directory = tmp_path / "ckpt"
