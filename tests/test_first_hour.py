@@ -228,7 +228,10 @@ def test_int8_quantization_keeps_the_predictions(tmp_path, record_delta):
     assert agreement >= 0.9 and np.abs(after - before).max() < 0.05 * scale
 
 
-def test_gradient_checkpointing_trains_identically(checkpoint, monkeypatch):
+def test_gradient_checkpointing_and_remat_scope_train_identically(checkpoint, monkeypatch):
+    """`enable_gradient_checkpointing()`, and a model built inside
+    `keras.RematScope(mode="full")` (keras' own per-layer remat failed on every backend),
+    recompute each block through `keras.remat` and reach the weights of plain training."""
     calls = []
     remat = keras.remat
 
@@ -238,40 +241,27 @@ def test_gradient_checkpointing_trains_identically(checkpoint, monkeypatch):
 
     monkeypatch.setattr(keras, "remat", counting)
     images = np.random.default_rng(4).integers(0, 256, (4, 64, 64, 3)).astype("float32")
-    labels = np.arange(4) % 4
-    weights = []
-    for checkpointing in (False, True):
+    weights = {}
+    for how in ("plain", "method", "scope"):
         keras.utils.set_random_seed(0)
-        model = keras_pvt.PVTv2Classifier.from_preset(str(checkpoint))
-        model.backbone.enable_gradient_checkpointing(checkpointing)
-        model.compile(optimizer=keras.optimizers.SGD(0.1),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        model.fit(images, labels, batch_size=4, epochs=2, verbose=0, shuffle=False)
-        weights.append([keras.ops.convert_to_numpy(v) for v in model.trainable_weights])
-        if not checkpointing:
-            assert not calls
-    assert len(calls) >= len(model.backbone.attention_blocks())
-    delta = max(float(np.abs(a - b).max()) for a, b in zip(*weights))
-    assert delta < 1e-5
-    assert max(float(np.abs(a - b).max()) for a, b in zip(weights[0], _initial(checkpoint))) > 0
-
-
-def test_remat_scope_checkpoints_whole_blocks(checkpoint):
-    """A model built inside `keras.RematScope(mode="full")` trains (keras' per-layer remat
-    failed on every backend) with its blocks checkpointed, to the same weights."""
-    images = np.random.default_rng(4).integers(0, 256, (4, 64, 64, 3)).astype("float32")
-    weights = []
-    for scoped in (False, True):
-        keras.utils.set_random_seed(0)
-        with keras.RematScope(mode="full" if scoped else None):
+        with keras.RematScope(mode="full" if how == "scope" else None):
             model = keras_pvt.PVTv2Classifier.from_preset(str(checkpoint))
+        if how == "method":
+            model.backbone.enable_gradient_checkpointing()
         model.compile(optimizer=keras.optimizers.SGD(0.1),
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        count = len(calls)
         model.fit(images, np.arange(4) % 4, batch_size=4, epochs=2, verbose=0, shuffle=False)
-        weights.append([keras.ops.convert_to_numpy(v) for v in model.trainable_weights])
-        assert all(block.gradient_checkpointing is scoped
-                   for block in model.backbone.attention_blocks())
-    assert max(float(np.abs(a - b).max()) for a, b in zip(*weights)) < 1e-5
+        weights[how] = [keras.ops.convert_to_numpy(v) for v in model.trainable_weights]
+        blocks = model.backbone.attention_blocks()
+        assert all(block.gradient_checkpointing is (how != "plain") for block in blocks)
+        assert (len(calls) - count >= len(blocks)) is (how != "plain")
+    initial = [keras.ops.convert_to_numpy(v) for v in
+               keras_pvt.PVTv2Classifier.from_preset(str(checkpoint)).trainable_weights]
+    assert max(float(np.abs(a - b).max()) for a, b in zip(weights["plain"], initial)) > 0
+    for how in ("method", "scope"):
+        delta = max(float(np.abs(a - b).max()) for a, b in zip(weights[how], weights["plain"]))
+        assert delta < 1e-5, how
 
 
 def test_checkpointing_refuses_blocks_it_cannot_replay(checkpoint, tmp_path):
@@ -284,11 +274,6 @@ def test_checkpointing_refuses_blocks_it_cannot_replay(checkpoint, tmp_path):
     with pytest.raises(ValueError, match="has batch normalisation"):
         backbone.enable_gradient_checkpointing()
     backbone.enable_gradient_checkpointing(False)  # (turning it off always works)
-
-
-def _initial(checkpoint):
-    return [keras.ops.convert_to_numpy(v) for v in
-            keras_pvt.PVTv2Classifier.from_preset(str(checkpoint)).trainable_weights]
 
 
 def test_lora_fine_tuning_trains_only_the_adapters_and_reloads(checkpoint, tmp_path):
