@@ -49,14 +49,12 @@ class ImageError(Exception):
 
 
 def _load_image(path: Path):
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
+    from keras_pvt.visualize import read_image
 
     try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise ImageError(f"cannot read image {path}: {error}") from error
+        return read_image(path)
+    except ValueError as error:
+        raise ImageError(str(error)) from error
 
 
 def _check_images(paths) -> None:

@@ -20,6 +20,7 @@ import keras
 import numpy as np
 
 from keras_pvt.layers.core import adopt_remat_scope
+from keras_pvt.visualize import read_image
 
 
 def _is_torch_data_loader(data) -> bool:
@@ -247,23 +248,11 @@ def _no_targets_with_pipeline(y, batch_size, method: str) -> None:
 _WARNED_UNIT_RANGE = False
 
 
-def _load_image(path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    if os.path.isdir(path):
-        raise ValueError(f"Cannot read image {path}: it is a directory; pass image files.")
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"Cannot read image {path}: {error}") from error
-
-
 def _as_image(item) -> np.ndarray | None:
     """An `(height, width, channels)` array from a path, a PIL image or an array; None for
     anything else."""
     if isinstance(item, (str, os.PathLike)):
-        return _load_image(item)
+        return read_image(item)
     if type(item).__module__.startswith("PIL.") and hasattr(item, "convert"):
         return np.asarray(item.convert("RGB"))
     if hasattr(item, "shape") and hasattr(item, "__array__") and len(item.shape) == 3:

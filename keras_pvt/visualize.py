@@ -1,5 +1,5 @@
-"""Pictures of model outputs: class-id masks and colour overlays with a legend, colour-mapped
-depth.
+"""Images in and pictures out: reading image files; class-id masks and colour overlays with
+a legend, colour-mapped depth.
 
 Only NumPy and Pillow: importable without keras (the CLI draws with it).
 """
@@ -8,6 +8,22 @@ from __future__ import annotations
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+
+def read_image(path) -> np.ndarray:
+    """An image file as an RGB uint8 array `(height, width, 3)`; `ValueError` naming the file
+    if it cannot be read."""
+    from pathlib import Path
+
+    from PIL import UnidentifiedImageError
+
+    if Path(path).is_dir():
+        raise ValueError(f"cannot read image {path}: it is a directory; pass image files")
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise ValueError(f"cannot read image {path}: {error}") from error
 
 
 def class_colors(num_classes: int):
