@@ -5,6 +5,7 @@ backend's fast path (fused bias, channels-last views, direct sublayer calls on P
 """
 
 import inspect
+import weakref
 
 import keras
 
@@ -76,8 +77,10 @@ def adopt_remat_scope(model) -> None:
     built inside the scope is checkpointed whole instead (if it can be: see
     `checkpointing_obstacle`), and no other layer is.
     """
-    layers = list(model._flatten_layers())
     preprocessor = getattr(model, "preprocessor", None)
+    if model in _ADOPTED and _ADOPTED[model] is preprocessor:
+        return  # (called by every fit/predict/evaluate: walk the layers once)
+    layers = list(model._flatten_layers())
     if preprocessor is not None:
         layers += list(preprocessor._flatten_layers())
     for layer in layers:
@@ -87,6 +90,10 @@ def adopt_remat_scope(model) -> None:
         if hasattr(layer, "attention_probabilities"):  # an encoder block
             layer.gradient_checkpointing = checkpointing_obstacle(layer) is None
         layer._remat_mode = None
+    _ADOPTED[model] = preprocessor
+
+
+_ADOPTED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its preprocessor
 
 
 @keras.saving.register_keras_serializable(package="keras_pvt")
