@@ -22,6 +22,18 @@ torch.set_num_threads(2)
 _PARITY = []
 
 
+@pytest.fixture(scope="session")
+def tiny_classifier_preset(tmp_path_factory):
+    """A random-weight transformers PVT v2 checkpoint (4 labels) converted once to a preset,
+    shared by the training tests (the conversion takes seconds on JAX)."""
+    import keras_pvt
+    from tests.helpers.deploy import tiny_checkpoint
+
+    root = tmp_path_factory.mktemp("tiny_pvt_v2")
+    checkpoint = tiny_checkpoint(root / "transformers", num_labels=4)
+    return str(keras_pvt.convert_to_preset(checkpoint, root / "preset"))
+
+
 @pytest.fixture
 def record_delta():
     """Records a measured max |Δ| for the end-of-run parity table."""

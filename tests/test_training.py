@@ -1,7 +1,7 @@
 """Transfer learning on every backend: `from_preset(..., num_classes=N)` then `fit` on NumPy,
 `tf.data`, `keras.utils.PyDataset` and (PyTorch) `DataLoader` inputs; freezing and
-unfreezing the backbone; dropout and drop-path only in training; mixed_bfloat16; JAX data
-parallelism; the fine-tuning example, offline."""
+unfreezing the backbone; dropout and drop-path only in training; mixed_bfloat16; the
+fine-tuning example, offline. Data-parallel training: tests/test_distributed.py."""
 
 import json
 import math
@@ -27,12 +27,10 @@ IMAGE_SIZE = 32
 BATCH = 16
 
 
-@pytest.fixture(scope="module")
-def preset(tmp_path_factory):
+@pytest.fixture
+def preset(tiny_classifier_preset):
     """A random-weight transformers checkpoint (4 labels), converted once to a preset."""
-    root = tmp_path_factory.mktemp("tiny_pvt_v2")
-    checkpoint = tiny_checkpoint(root / "transformers", num_labels=4)
-    return str(keras_pvt.convert_to_preset(checkpoint, root / "preset"))
+    return tiny_classifier_preset
 
 
 def new_classifier(preset, num_classes=3, image_size=IMAGE_SIZE, **kwargs):
@@ -154,56 +152,6 @@ def test_mixed_bfloat16_fit(preset, record_delta):
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < losses[0]
     assert np.isfinite(np.asarray(model.predict(images[:2], verbose=0), "float32")).all()
-
-
-DATA_PARALLEL = r"""
-import json, os, sys
-import jax, keras, numpy as np
-sys.path.insert(0, os.getcwd())
-import keras_pvt
-from tests.helpers.deploy import colour_task, compile_for_classification
-
-assert len(jax.devices()) == 2, jax.devices()
-preset = sys.argv[1]
-images, labels = colour_task(32, 32)
-
-def model():
-    keras.utils.set_random_seed(0)
-    m = keras_pvt.PVTv2Classifier.from_preset(preset, num_classes=3)
-    m.preprocessor.image_size = (32, 32)
-    return compile_for_classification(m)
-
-single = model()
-weights = single.get_weights()
-single_first = float(single.train_on_batch(
-    *single.preprocess_samples(images[:16], labels[:16]), return_dict=True)["loss"])
-
-keras.distribution.set_distribution(keras.distribution.DataParallel(devices=jax.devices()))
-parallel = model()
-parallel.set_weights(weights)
-first = float(parallel.train_on_batch(
-    *parallel.preprocess_samples(images[:16], labels[:16]), return_dict=True)["loss"])
-sharding = parallel.backbone.weights[0].value.sharding
-losses = parallel.fit(images, labels, batch_size=16, epochs=3, verbose=0).history["loss"]
-print(json.dumps({"single": single_first, "parallel": first, "losses": losses,
-                  "replicated": sharding.is_fully_replicated,
-                  "devices": len(sharding.device_set)}))
-"""
-
-if BACKEND == "jax":  # keras.distribution is JAX-only; see README for tf.distribute / torch
-
-    def test_data_parallel_on_two_virtual_devices(preset, tmp_path, record_delta):
-        env = offline_env(tmp_path / "hf", tmp_path / "keras")
-        env.update(KERAS_BACKEND="jax", XLA_FLAGS="--xla_force_host_platform_device_count=2")
-        result = run([sys.executable, "-c", DATA_PARALLEL, preset], env)
-        out = json.loads(result.stdout.strip().splitlines()[-1])
-        record_delta("DataParallel (2 devices) vs single device: first-step loss",
-                     abs(out["parallel"] - out["single"]))
-        record_delta("DataParallel (2 devices): last epoch loss", out["losses"][-1])
-        assert out["devices"] == 2 and out["replicated"]
-        assert abs(out["parallel"] - out["single"]) < 1e-4
-        assert all(math.isfinite(v) for v in out["losses"])
-        assert out["losses"][-1] < out["losses"][0]
 
 
 def test_fine_tune_example_offline(tmp_path, record_delta):
