@@ -123,27 +123,16 @@ def backbone_kwargs_from_weights(state_dict: dict, layout: str) -> dict:
     stages without projection weights are read as `"avg"`.
     """
     table = FAMILY.table(layout)
-    num_stages = table.count(state_dict, "stage{}_embedding/proj/kernel")
-    if num_stages == 0:
-        raise ValueError("No CvT token embedding found in the checkpoint.")
-    kwargs = {name: [] for name in (
-        "hidden_sizes", "depths", "num_heads", "mlp_ratios", "patch_sizes",
-        "qkv_projection_methods", "kernel_qkv", "qkv_bias", "cls_token")}
-    for s in range(num_stages):
-        proj = table.tensor(state_dict, f"stage{s}_embedding/proj/kernel")
-        hidden = int(proj.shape[0])
-        kwargs["hidden_sizes"].append(hidden)
-        kwargs["patch_sizes"].append(int(proj.shape[-1]))
-        kwargs["depths"].append(
-            table.count(state_dict, f"stage{s}_layer{{}}/layernorm_before/gamma"))
-        layer = f"stage{s}_layer0"
-        fc1 = table.tensor(state_dict, f"{layer}/mlp/dense1/kernel")
-        kwargs["mlp_ratios"].append(fc1.shape[0] / hidden)
-        conv = table.tensor(
-            state_dict, f"{layer}/attention/convolution_projection_key/convolution/kernel")
-        kwargs["qkv_projection_methods"].append("dw_bn" if conv is not None else "avg")
-        kwargs["kernel_qkv"].append(int(conv.shape[-1]) if conv is not None else 3)
-        bias = table.tensor(state_dict, f"{layer}/attention/projection_query/bias")
+    sizes = _sizes_from_weights(table, state_dict)
+    num_stages = len(sizes["hidden_sizes"])
+    kwargs = {name: sizes[name] for name in ("hidden_sizes", "depths", "mlp_ratios",
+                                             "patch_sizes")}
+    kwargs["qkv_projection_methods"] = ["avg" if k is None else "dw_bn"
+                                        for k in sizes["kernel_qkv"]]
+    kwargs["kernel_qkv"] = [3 if k is None else k for k in sizes["kernel_qkv"]]
+    kwargs["qkv_bias"], kwargs["cls_token"], kwargs["num_heads"] = [], [], []
+    for s, hidden in enumerate(kwargs["hidden_sizes"]):
+        bias = table.tensor(state_dict, f"stage{s}_layer0/attention/projection_query/bias")
         kwargs["qkv_bias"].append(bias is not None)
         kwargs["cls_token"].append(
             table.tensor(state_dict, f"stage{s}_cls_token/cls_token") is not None)
@@ -158,6 +147,42 @@ def backbone_kwargs_from_weights(state_dict: dict, layout: str) -> dict:
         kwargs[name] = [first] + [others] * (num_stages - 1)
     kwargs["padding_q"] = [(k - 1) // 2 for k in kwargs["kernel_qkv"]]
     return kwargs
+
+
+def _sizes_from_weights(table, state_dict: dict) -> dict:
+    """The sizes of a CvT backbone that its weights' shapes show (`kernel_qkv` is None for
+    stages without convolutional projections)."""
+    num_stages = table.count(state_dict, "stage{}_embedding/proj/kernel")
+    if num_stages == 0:
+        raise ValueError("No CvT token embedding found in the checkpoint.")
+    sizes = {name: [] for name in
+             ("hidden_sizes", "depths", "mlp_ratios", "patch_sizes", "kernel_qkv")}
+    for s in range(num_stages):
+        proj = table.tensor(state_dict, f"stage{s}_embedding/proj/kernel")
+        sizes["hidden_sizes"].append(int(proj.shape[0]))
+        sizes["patch_sizes"].append(int(proj.shape[-1]))
+        sizes["depths"].append(
+            table.count(state_dict, f"stage{s}_layer{{}}/layernorm_before/gamma"))
+        fc1 = table.tensor(state_dict, f"stage{s}_layer0/mlp/dense1/kernel")
+        sizes["mlp_ratios"].append(fc1.shape[0] / proj.shape[0])
+        conv = table.tensor(
+            state_dict, f"stage{s}_layer0/attention/convolution_projection_key/convolution/kernel")
+        sizes["kernel_qkv"].append(int(conv.shape[-1]) if conv is not None else None)
+    channels = table.tensor(state_dict, "stage0_embedding/proj/kernel").shape[1]
+    sizes["image_shape"] = (None, None, int(channels))
+    return sizes
+
+
+def sizes_against_weights(kwargs: dict, state_dict: dict, layout: str) -> dict:
+    """`{argument: (from config.json, from the weights)}` for the sizes both show."""
+    found = _sizes_from_weights(FAMILY.table(layout), state_dict)
+    declared = dict(kwargs)
+    # Stages without convolutional projections have no kernel to compare.
+    kernels = declared.get("kernel_qkv")
+    if isinstance(kernels, list) and len(kernels) == len(found["kernel_qkv"]):
+        declared["kernel_qkv"] = [None if f is None else k
+                                  for k, f in zip(kernels, found["kernel_qkv"])]
+    return {name: (declared.get(name), value) for name, value in found.items()}
 
 
 def image_converter_kwargs(preprocessor_config: dict) -> dict:
@@ -186,6 +211,7 @@ FAMILY = register(Family(
     detect_layout=detect_layout,
     kwargs_from_transformers=backbone_kwargs_from_transformers,
     kwargs_from_weights=backbone_kwargs_from_weights,
+    sizes_against_weights=sizes_against_weights,
     tasks=[
         classifier_task(CvTClassifier, CvTImageClassifierPreprocessor, CLASSIFIER_HEADS),
         segmenter_task(CvTSegFormerSegmenter, SegFormerSegmenterPreprocessor, {}),

@@ -17,6 +17,7 @@ from keras_pvt.convert.pvt_v2 import (
     TIMM_BLOCK,
     sra_kwargs_from_transformers,
     sra_kwargs_from_weights,
+    sra_sizes_from_weights,
 )
 from keras_pvt.convert.registry import Family, register
 from keras_pvt.convert.segmentation import segmenter_task
@@ -27,6 +28,7 @@ from keras_pvt.models.pvt import (
     PVTImageClassifierPreprocessor,
     PVTSegFormerSegmenter,
 )
+from keras_pvt.models.pvt.backbone import position_grid_sizes
 from keras_pvt.tasks import GLPNDepthEstimatorPreprocessor, SegFormerSegmenterPreprocessor
 
 BACKBONE_PREFIXES = ("pvt.",)  # transformers' classification model wraps PvtModel
@@ -147,6 +149,19 @@ def backbone_kwargs_from_weights(state_dict: dict, layout: str) -> dict:
     }
 
 
+def sizes_against_weights(kwargs: dict, state_dict: dict, layout: str) -> dict:
+    """`{argument: (from config.json, from the weights)}` for the sizes both show; the
+    position embeddings by their first stage's number of positions."""
+    table = FAMILY.table(layout)
+    found = sra_sizes_from_weights(table, state_dict, "PVT v1")
+    pairs = {name: (kwargs.get(name), value) for name, value in found.items()}
+    grid = position_grid_sizes(kwargs["position_embedding_shape"], kwargs["strides"])[0]
+    tokens = table.tensor(state_dict, "stage0_position_embedding/embeddings").shape[1]
+    pairs["stage-0 positions (position_embedding_shape / strides[0])"] = (
+        math.prod(grid), int(tokens))
+    return pairs
+
+
 PRESETS = FAMILY_PRESETS["pvt"]
 
 FAMILY = register(Family(
@@ -160,6 +175,7 @@ FAMILY = register(Family(
     detect_layout=detect_layout,
     kwargs_from_transformers=backbone_kwargs_from_transformers,
     kwargs_from_weights=backbone_kwargs_from_weights,
+    sizes_against_weights=sizes_against_weights,
     tasks=[
         classifier_task(PVTClassifier, PVTImageClassifierPreprocessor, CLASSIFIER_HEADS),
         segmenter_task(PVTSegFormerSegmenter, SegFormerSegmenterPreprocessor, {}),

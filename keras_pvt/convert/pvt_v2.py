@@ -156,27 +156,45 @@ def backbone_kwargs_from_transformers(config: dict) -> dict:
     return kwargs
 
 
+def sra_sizes_from_weights(table, state_dict: dict, family: str) -> dict:
+    """The sizes of a PVT v1 / v2 backbone that its weights' shapes show: stage widths,
+    patch kernels, depths, MLP ratios, reduction kernels and input channels."""
+    num_stages = table.count(state_dict, "stage{}_patch_embedding/proj/kernel")
+    if num_stages == 0:
+        raise ValueError(f"No {family} patch embedding found in the checkpoint.")
+    sizes = {name: [] for name in
+             ("hidden_sizes", "patch_sizes", "depths", "mlp_ratios", "sr_ratios")}
+    for s in range(num_stages):
+        proj = table.tensor(state_dict, f"stage{s}_patch_embedding/proj/kernel")
+        sizes["hidden_sizes"].append(int(proj.shape[0]))
+        sizes["patch_sizes"].append(int(proj.shape[-1]))
+        sizes["depths"].append(table.count(state_dict, f"stage{s}_block{{}}/layer_norm_1/gamma"))
+        fc1 = table.tensor(state_dict, f"stage{s}_block0/mlp/dense1/kernel")
+        ratio = fc1.shape[0] / proj.shape[0]
+        sizes["mlp_ratios"].append(int(ratio) if ratio == int(ratio) else ratio)
+        sr = table.tensor(state_dict, f"stage{s}_block0/attention/spatial_reduction/kernel")
+        sizes["sr_ratios"].append(int(sr.shape[-1]) if sr is not None else 1)
+    channels = table.tensor(state_dict, "stage0_patch_embedding/proj/kernel").shape[1]
+    sizes["image_shape"] = (None, None, int(channels))
+    return sizes
+
+
 def sra_kwargs_from_weights(table, state_dict: dict, layout: str, family: str,
                             backbone: str) -> dict:
     """The backbone arguments that PVT v1 and v2 read alike off a state dict's shapes: stage
     widths, patch kernels, depths, MLP ratios, reduction kernels; standard heads."""
-    num_stages = table.count(state_dict, "stage{}_patch_embedding/proj/kernel")
-    if num_stages == 0:
-        raise ValueError(f"No {family} patch embedding found in the checkpoint.")
-    kwargs = {name: [] for name in
-              ("hidden_sizes", "patch_sizes", "depths", "mlp_ratios", "sr_ratios")}
-    for s in range(num_stages):
-        proj = table.tensor(state_dict, f"stage{s}_patch_embedding/proj/kernel")
-        kwargs["hidden_sizes"].append(int(proj.shape[0]))
-        kwargs["patch_sizes"].append(int(proj.shape[-1]))
-        kwargs["depths"].append(table.count(state_dict, f"stage{s}_block{{}}/layer_norm_1/gamma"))
-        fc1 = table.tensor(state_dict, f"stage{s}_block0/mlp/dense1/kernel")
-        ratio = fc1.shape[0] / proj.shape[0]
-        kwargs["mlp_ratios"].append(int(ratio) if ratio == int(ratio) else ratio)
-        sr = table.tensor(state_dict, f"stage{s}_block0/attention/spatial_reduction/kernel")
-        kwargs["sr_ratios"].append(int(sr.shape[-1]) if sr is not None else 1)
+    kwargs = sra_sizes_from_weights(table, state_dict, family)
+    del kwargs["image_shape"]  # (3 channels, the default)
     kwargs["num_heads"] = standard_heads(kwargs["hidden_sizes"], layout, family, backbone)
     return kwargs
+
+
+def sizes_against_weights(kwargs: dict, state_dict: dict, layout: str) -> dict:
+    """`{argument: (from config.json, from the weights)}` for the sizes both show."""
+    found = sra_sizes_from_weights(FAMILY.table(layout), state_dict, "PVT v2")
+    if kwargs.get("linear_attention"):
+        del found["sr_ratios"]  # a 1x1 reduction; the config keeps the pooling ratios
+    return {name: (kwargs.get(name), value) for name, value in found.items()}
 
 
 def backbone_kwargs_from_weights(state_dict: dict, layout: str) -> dict:
@@ -214,6 +232,7 @@ FAMILY = register(Family(
     detect_layout=detect_layout,
     kwargs_from_transformers=backbone_kwargs_from_transformers,
     kwargs_from_weights=backbone_kwargs_from_weights,
+    sizes_against_weights=sizes_against_weights,
     tasks=[
         classifier_task(PVTv2Classifier, PVTv2ImageClassifierPreprocessor, CLASSIFIER_HEADS),
         segmenter_task(PVTv2SegFormerSegmenter, SegFormerSegmenterPreprocessor,

@@ -52,6 +52,9 @@ class Family:
     detect_layout: Callable[[dict], str | None]
     kwargs_from_transformers: Callable[[dict], dict]
     kwargs_from_weights: Callable[[dict, str], dict]
+    # `(kwargs, state_dict, layout) -> {argument: (declared, found in the weights)}`: the
+    # sizes config.json declares are checked against the weights before a model is built.
+    sizes_against_weights: Callable[[dict, dict, str], dict] | None = None
     tasks: list[Task] = field(default_factory=list)
     presets: dict[str, Preset] = field(default_factory=dict)
     # Extra image-converter arguments read from preprocessor_config.json (e.g. crop_pct).

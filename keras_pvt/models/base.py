@@ -429,7 +429,7 @@ def _naming_file(filepath, what: str):
         yield
     except CheckpointError:
         raise
-    except (ValueError, OSError) as error:
+    except Exception as error:  # h5py and keras raise many kinds on a damaged file
         first = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise CheckpointError(
             f"{filepath}: could not be loaded into {what}: {type(error).__name__}: {first}"

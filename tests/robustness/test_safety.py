@@ -55,12 +55,19 @@ def test_pickle_that_runs_code_is_refused_by_the_allow_list(hf_tiny, tmp_path, c
     assert not marker.exists()
 
 
-def test_legacy_pickle_that_runs_code_is_refused_by_torch_weights_only(tmp_path):
+@pytest.mark.parametrize("where", ["header", "state"])
+def test_legacy_pickle_that_runs_code_is_refused_by_the_allow_list(tmp_path, where):
+    """The legacy (non-zip) stream: four pickles, any of which could name a callable."""
     marker = tmp_path / "pwned"
-    weights = tmp_path / "model.pth"  # not a zip: the legacy path, torch.load(weights_only)
-    weights.write_bytes(pickle.dumps({"x": _Payload(marker)}, protocol=2))
+    weights = tmp_path / "model.pth"
+    payload = pickle.dumps({"x": _Payload(marker)}, protocol=2)
+    if where == "state":  # a valid magic number, protocol and system information first
+        payload = b"".join(pickle.dumps(part, protocol=2) for part in (
+            0x1950A86A20F9469CFC6C, 1001, {"little_endian": True})) + payload
+    weights.write_bytes(payload)
     with pytest.raises(CheckpointError, match=re.escape(
-            f"{weights}: refused by torch.load(weights_only=True), which loads tensors only")):
+            f"{weights}: refusing to unpickle `io.open`: a weights file should contain "
+            "tensors only")):
         keras_pvt.PVTv2Classifier.from_preset(str(weights))
     assert not marker.exists()
 
@@ -251,3 +258,17 @@ def test_valid_revisions_are_pinned_to_a_commit_entry(hf_tiny, tmp_path, monkeyp
     snapshot = bad
     with pytest.raises(PresetError, match="unexpected Hugging Face cache folder"):
         keras_pvt.PVTv2Classifier.from_preset("hf://owner/repo@main")
+
+
+def test_memo_index_cannot_allocate_without_bound(tmp_path):
+    """CPython's unpickler grows its memo table to the largest index a PUT names: one
+    damaged LONG_BINPUT argument (found by fuzzing) made it allocate 12.6 GB for 31 s."""
+    import resource
+
+    data_pkl = b"\x80\x02}r\x00\x00\x00\x80." + b""  # PROTO 2, EMPTY_DICT, LONG_BINPUT 2^31
+    path = _torch_zip(tmp_path / "model.bin", data_pkl)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(CheckpointError, match=re.escape(f"{path}: corrupted PyTorch checkpoint "
+                                                        "(ValueError: memo index 2147483648")):
+        read_state_dict(path)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KB
