@@ -74,10 +74,11 @@ def docstring_examples() -> dict[str, str]:
 
 
 def readme_examples() -> dict[str, str]:
-    """README section title -> its ```python block."""
+    """README section title -> its ```python block (a section's second block is
+    "Title #2", and so on: none is dropped)."""
     sections = (REPO_ROOT / "README.md").read_text().split("\n## ")[1:]
-    return {section.split("\n", 1)[0]: block
-            for section in sections for block in EXAMPLE.findall(section)}
+    return {section.split("\n", 1)[0] + (f" #{i + 1}" if i else ""): block
+            for section in sections for i, block in enumerate(EXAMPLE.findall(section))}
 
 
 README_ELSEWHERE = {"Segmentation": "tests/test_segformer_parity.py",

@@ -139,6 +139,7 @@ def load_state_dict_into(
     source: str = "checkpoint",
     ignore_unused: tuple[str, ...] = (),
     file_key=None,
+    file_of=None,
 ) -> None:
     """Assigns every variable of `model` from `state_dict` through `table`.
 
@@ -147,9 +148,15 @@ def load_state_dict_into(
     untouched. Unused keys starting with a prefix in `ignore_unused` are dropped quietly
     (e.g. a classifier head when loading into a backbone). `file_key` maps a key back to its
     name in the file (before e.g. a prefix was stripped), so that errors name it as it is
-    there.
+    there; `file_of` maps that name to the file that holds it (the shard of a sharded
+    checkpoint), named beside each mismatched or unexpected key.
     """
     file_key = file_key or (lambda key: key)
+
+    def located(key: str) -> str:
+        shown = file_key(key)
+        return f"{shown} (in {file_of(shown)})" if file_of is not None else shown
+
     assignments, missing, mismatched, unmapped = [], [], [], []
     used = set()
     for variable in model.weights:
@@ -169,20 +176,21 @@ def load_state_dict_into(
         value = state_dict[name]
         if isinstance(key, Fused):
             if value.shape[0] % key.parts:
-                mismatched.append(f"{shown}: {value.shape} cannot be split in {key.parts}")
+                mismatched.append(f"{located(name)}: {value.shape} cannot be split in "
+                                  f"{key.parts}")
                 continue
             size = value.shape[0] // key.parts
             value = value[key.index * size : (key.index + 1) * size]
         converted = to_keras_layout(np.asarray(value), variable.shape)
         if converted is None:
             mismatched.append(
-                f"{shown}: checkpoint shape {tuple(value.shape)} does not fit {path} "
+                f"{located(name)}: checkpoint shape {tuple(value.shape)} does not fit {path} "
                 f"{tuple(variable.shape)}"
             )
             continue
         assignments.append((variable, converted))
     unexpected = sorted(
-        file_key(k) for k in state_dict
+        located(k) for k in state_dict
         if k not in used and not IGNORED_SOURCE_KEYS.search(k)
         and not any(k.startswith(prefix) for prefix in ignore_unused)
     )

@@ -38,6 +38,7 @@ class Checkpoint:
     state_dict: dict
     config: dict | None = None
     preprocessor_config: dict | None = None
+    shards: dict[str, Path] | None = None  # a sharded checkpoint's key -> shard file
 
 
 def _read_json(path: Path) -> dict | None:
@@ -57,12 +58,18 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     path = Path(path)
     if path.is_dir():
         weights = find_weights_file(path)
+        state_dict = read_state_dict(weights)
+        shards = None
+        if weights.name.endswith(".index.json"):  # (read_state_dict checked the index)
+            weight_map = json.loads(weights.read_bytes())["weight_map"]
+            shards = {key: weights.parent / shard for key, shard in weight_map.items()}
         return Checkpoint(
             path=path,
             weights_path=weights,
-            state_dict=read_state_dict(weights),
+            state_dict=state_dict,
             config=_read_json(path / "config.json"),
             preprocessor_config=_read_json(path / "preprocessor_config.json"),
+            shards=shards,
         )
     if path.is_file():
         return Checkpoint(path=path, weights_path=path, state_dict=read_state_dict(path))
@@ -274,8 +281,9 @@ class Conversion:
         def file_key(key: str) -> str:
             return key if not prefix or key.startswith(head) else prefix + key
 
+        file_of = checkpoint.shards.get if checkpoint.shards else None
         load_state_dict_into(model, self.state_dict, self.table, source=source,
-                             file_key=file_key)
+                             file_key=file_key, file_of=file_of)
 
 
 def plan_conversion(checkpoint: Checkpoint, model_cls=None) -> Conversion:

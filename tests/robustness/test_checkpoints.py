@@ -363,3 +363,17 @@ def test_config_json_that_is_neither_transformers_nor_timm(hf_tiny, tmp_path):
             f"{directory / 'config.json'}: neither a transformers config (no model_type) nor "
             "a timm one (no architecture)")):
         _load(directory)
+
+
+def test_sharded_checkpoint_errors_name_the_shard(tmp_path):
+    """A tensor of the wrong shape in a shard is reported with that shard (found by
+    fuzzing: the error named only the index)."""
+    directory = tmp_path / "ckpt"
+    hf_pvt_v2("tiny", num_labels=4).save_pretrained(directory, max_shard_size="90KB")
+    shard = directory / "model-00001-of-00002.safetensors"
+    state = load_file(shard)
+    key = next(k for k in sorted(state) if k.endswith("dwconv.dwconv.weight"))
+    state[key] = state[key][:-1]
+    save_file(state, shard, metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=re.escape(f"{key} (in {shard}): checkpoint shape")):
+        _load(directory)
