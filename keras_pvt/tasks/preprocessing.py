@@ -25,3 +25,6 @@ class ImageNetImageConverter(ImageConverter):
         kwargs.setdefault("interpolation", "bilinear")
         kwargs.setdefault("antialias", True)
         super().__init__(image_size=image_size, scale=scale, offset=offset, **kwargs)
+        # Built here (it has no weights): with `image_size=None` it is never called, and
+        # keras' JAX predict runs an uncompiled forward pass whenever a layer is unbuilt.
+        self.resizing.build((None, None, None, 3))

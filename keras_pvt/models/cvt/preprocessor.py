@@ -66,6 +66,9 @@ class CvTImageConverter(ImageConverter):
         kwargs.setdefault("interpolation", "bicubic")
         kwargs.setdefault("antialias", True)
         super().__init__(image_size=image_size, scale=scale, offset=offset, **kwargs)
+        # Built here (it has no weights): the crop path never calls it, and keras' JAX
+        # predict runs an uncompiled forward pass whenever a layer is unbuilt.
+        self.resizing.build((None, None, None, 3))
         self.crop_pct = crop_pct
         if self._crops() and self.image_size[0] != self.image_size[1]:
             raise ValueError(
