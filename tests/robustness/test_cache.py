@@ -10,6 +10,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,47 +20,90 @@ import torch
 import keras_pvt
 from keras_pvt import PresetError, hub
 from tests.helpers.hub_cache import REPO_ROOT, offline_env, place_in_hf_cache
-from tests.helpers.reference import images, to_torch
+from tests.helpers.reference import hf_pvt_v2, images, to_torch
 from tests.robustness.conftest import numpy
 
-# Logs each conversion; with a hang-file argument, converts and then hangs before the entry is
-# complete (the staging directory holds the files, the manifest and rename are to come).
+# Loads each `preset=output.npy` pair in turn, logging each conversion (the staging
+# directory's name). With a hang file, converts and then hangs before the entry is complete
+# (the staging directory holds the files; the manifest and rename are to come). With a ready
+# file, waits after the imports for a go file, so that concurrent children race for the cache.
 CHILD = """
 import sys, time
+from pathlib import Path
 import numpy as np, keras, keras_pvt
 from keras_pvt import hub
 
-x_path, out_path, log_path = sys.argv[1:4]
-hang_file = sys.argv[4] if len(sys.argv) > 4 else None
+x_path, log_path, hang_file, ready_file, go_file, *loads = sys.argv[1:]
 real = hub.convert_to_preset
 
 def logged(source, output_dir, *args):
     with open(log_path, "a") as log:
-        log.write("convert\\n")
+        log.write(Path(output_dir).name + "\\n")
     result = real(source, output_dir, *args)
-    if hang_file:
+    if hang_file != "-":
         open(hang_file, "w").close()
         time.sleep(600)
     return result
 
 hub.convert_to_preset = logged
-model = keras_pvt.PVTv2Classifier.from_preset("pvt_v2_b0")
-np.save(out_path, keras.ops.convert_to_numpy(model(np.load(x_path))))
+x = np.load(x_path)
+if ready_file != "-":
+    open(ready_file, "w").close()
+    deadline = time.monotonic() + 300
+    while not Path(go_file).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+for load in loads:
+    preset, out_path = load.split("=")
+    model = keras_pvt.PVTv2Classifier.from_preset(preset)
+    np.save(out_path, keras.ops.convert_to_numpy(model(x)))
 """
 
+# Three presets, each served from its own tiny random checkpoint (seed and class count
+# differ, so a mix-up shows), and eight concurrent loads of them.
+PRESETS = {"pvt_v2_b0": None, "pvt_v2_b1": dict(seed=1, num_labels=5),
+           "pvt_v2_b2": dict(seed=2, num_labels=6)}
+LOADS = ["pvt_v2_b0", "pvt_v2_b1", "pvt_v2_b2", "pvt_v2_b0",
+         "pvt_v2_b1", "pvt_v2_b0", "pvt_v2_b2", "pvt_v2_b1"]
 
-def _spawn(args, env):
-    return subprocess.Popen([sys.executable, "-c", CHILD, *map(str, args)], env=env,
-                            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+
+def _spawn(x_path, log, loads, env, hang="-", ready="-", go="-"):
+    """A CHILD process; its stderr goes to a file (a full pipe could block a child while it
+    holds a lock that the others wait for)."""
+    args = [x_path, log, hang, ready, go, *(f"{preset}={out}" for preset, out in loads)]
+    stderr = Path(f"{loads[0][1]}.stderr")
+    with open(stderr, "w") as file:
+        child = subprocess.Popen([sys.executable, "-c", CHILD, *map(str, args)], env=env,
+                                 cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=file)
+    child.stderr_path = stderr
+    return child
+
+
+def _finish(child) -> tuple[int, str]:
+    code = child.wait(timeout=600)
+    return code, child.stderr_path.read_text()
+
+
+def _conversions(log):
+    # Staging directories are named .<preset>.tmp-<hex>.
+    names = log.read_text().split() if log.exists() else []
+    return Counter(name[1:].split(".tmp-")[0] for name in names)
 
 
 @pytest.fixture(scope="module")
 def killed_then_concurrent(hf_tiny, tmp_path_factory):
-    """A conversion SIGKILLed mid-write, then 4 processes loading the same preset at once."""
-    reference, checkpoint = hf_tiny
+    """One process loading each preset into its own cache (the expected outputs); a
+    conversion SIGKILLed mid-write; then 8 processes loading a mix of the presets into that
+    same cache at once."""
     root = tmp_path_factory.mktemp("cache")
-    place_in_hf_cache(root / "hf", "OpenGVLab/pvt_v2_b0", checkpoint)
+    references = {}
+    for preset, options in PRESETS.items():
+        if options is None:
+            references[preset], checkpoint = hf_tiny
+        else:
+            references[preset] = hf_pvt_v2("tiny", **options)
+            checkpoint = root / "checkpoints" / preset
+            references[preset].save_pretrained(checkpoint)
+        place_in_hf_cache(root / "hf", f"OpenGVLab/{preset}", checkpoint)
     env = offline_env(root / "hf", root / "keras")
     # JAX compiles every eager op once per process: a shared persistent cache lets the later
     # processes reuse what the first compiled (no effect on other backends).
@@ -67,32 +112,53 @@ def killed_then_concurrent(hf_tiny, tmp_path_factory):
                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
     x = images(2, 64, 64)
     np.save(root / "x.npy", x)
-    log = root / "conversions.log"
     cache = root / "keras" / "keras_pvt"
 
+    # Expected: every preset loaded by a single process, into a cache of its own.
+    single = root / "single"
+    single.mkdir()
+    code, stderr = _finish(_spawn(root / "x.npy", single / "conversions.log",
+                                  [(preset, single / f"{preset}.npy") for preset in PRESETS],
+                                  dict(env, KERAS_HOME=str(single / "keras"))))
+    assert code == 0, f"the single-process load failed ({code}):\n{stderr[-3000:]}"
+    expected = {preset: np.load(single / f"{preset}.npy") for preset in PRESETS}
+
+    log = root / "conversions.log"
     hang = root / "hanging"
-    child = _spawn([root / "x.npy", root / "never.npy", log, hang], env)
+    child = _spawn(root / "x.npy", log, [("pvt_v2_b0", root / "never.npy")], env, hang=hang)
     deadline = time.monotonic() + 300
     while not hang.exists():
         if child.poll() is not None or time.monotonic() > deadline:
             child.kill()
-            raise AssertionError(f"the child did not reach the conversion:\n{child.stderr.read()}")
+            stderr = _finish(child)[1]
+            raise AssertionError(f"the child did not reach the conversion:\n{stderr[-3000:]}")
         time.sleep(0.2)
     os.kill(child.pid, signal.SIGKILL)
     child.wait()
     after_kill = sorted(p.name for p in cache.iterdir())
 
-    children = [_spawn([root / "x.npy", root / f"out{i}.npy", log], env) for i in range(4)]
-    results = [(c.wait(timeout=600), c.stderr.read()) for c in children]
+    outputs = [root / f"out{i}.npy" for i in range(len(LOADS))]
+    children = [_spawn(root / "x.npy", log, [(preset, out)], env, ready=root / f"ready{i}",
+                       go=root / "go")
+                for i, (preset, out) in enumerate(zip(LOADS, outputs))]
+    deadline = time.monotonic() + 300
+    while not all((root / f"ready{i}").exists() for i in range(len(LOADS))):
+        if any(c.poll() is not None for c in children) or time.monotonic() > deadline:
+            break  # reported below with the child's error
+        time.sleep(0.1)
+    (root / "go").touch()  # all imported: they reach the cache together
+    results = [_finish(c) for c in children]
     with torch.no_grad():
-        expected = reference(to_torch(x)).logits.numpy()
+        reference = {preset: model(to_torch(x)).logits.numpy()
+                     for preset, model in references.items()}
     return dict(
         after_kill=after_kill,
         results=results,
-        outputs=[np.load(root / f"out{i}.npy") if code == 0 else None
-                 for i, (code, _) in enumerate(results)],
+        outputs=[np.load(out) if code == 0 else None for out, (code, _) in zip(outputs, results)],
         expected=expected,
-        conversions=log.read_text().count("convert"),
+        reference=reference,
+        single_conversions=_conversions(single / "conversions.log"),
+        conversions=_conversions(log),
         cache=cache,
     )
 
@@ -105,19 +171,24 @@ def test_killed_conversion_leaves_no_trusted_entry(killed_then_concurrent):
     assert "pvt_v2_b0.lock" in after_kill
 
 
-def test_concurrent_loads_after_a_kill_share_one_valid_entry(killed_then_concurrent):
+def test_concurrent_loads_of_several_presets_share_one_valid_entry_each(killed_then_concurrent):
     state = killed_then_concurrent
     for code, stderr in state["results"]:
         assert code == 0, stderr[-3000:]
-    for output in state["outputs"]:
-        np.testing.assert_allclose(output, state["expected"], atol=1e-4)
-        np.testing.assert_array_equal(output, state["outputs"][0])  # deterministic
-    # One conversion by the killed process, one by the first of the four to get the lock;
-    # the stale staging directory and lock neither blocked nor were trusted.
-    assert state["conversions"] == 2
+    for preset, expected in state["expected"].items():
+        # The single-process load is the checkpoint's model (and each preset its own).
+        np.testing.assert_allclose(expected, state["reference"][preset], atol=1e-4)
+    for preset, output in zip(LOADS, state["outputs"]):
+        np.testing.assert_array_equal(output, state["expected"][preset])  # bit-identical
+    assert state["single_conversions"] == Counter(list(PRESETS))
+    # pvt_v2_b0: one conversion by the killed process, one by the first of its three loaders
+    # to get the lock (the stale staging directory neither blocked nor was trusted); the
+    # other presets once each.
+    assert state["conversions"] == Counter(list(PRESETS)) + Counter(["pvt_v2_b0"])
     names = sorted(p.name for p in state["cache"].iterdir())
-    assert names == ["pvt_v2_b0", "pvt_v2_b0.lock"], names
-    assert hub.verify_entry(state["cache"] / "pvt_v2_b0") is None
+    assert names == sorted([*PRESETS, *(f"{preset}.lock" for preset in PRESETS)]), names
+    for preset in PRESETS:
+        assert hub.verify_entry(state["cache"] / preset) is None, preset
 
 
 @pytest.fixture(scope="module")
