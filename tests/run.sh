@@ -29,8 +29,8 @@ backends=${BACKENDS:-tensorflow jax torch}
 beside=""
 if [ "$(nproc)" -ge 2 ] && [[ " $backends " == *" jax "* ]] && [ "$(wc -w <<<"$backends")" -gt 1 ]; then
   beside=jax
-  (KERAS_BACKEND=jax python -m pytest -q -p no:cacheprovider "$@" >"$logs/jax.log" 2>&1
-   echo $? >"$logs/jax.status") &
+  (rc=0; KERAS_BACKEND=jax python -m pytest -q -p no:cacheprovider "$@" >"$logs/jax.log" 2>&1 || rc=$?
+   echo "$rc" >"$logs/jax.status") &
 fi
 status=0
 for backend in $backends; do
