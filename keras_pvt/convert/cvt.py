@@ -9,7 +9,7 @@ from __future__ import annotations
 from keras_pvt.catalog import FAMILY_PRESETS
 from keras_pvt.convert.classification import classifier_task
 from keras_pvt.convert.depth import depth_estimator_task
-from keras_pvt.convert.registry import Family, register
+from keras_pvt.convert.registry import Family, register, stage_sizes
 from keras_pvt.convert.segmentation import segmenter_task
 from keras_pvt.models.cvt import (
     CvTBackbone,
@@ -152,24 +152,13 @@ def backbone_kwargs_from_weights(state_dict: dict, layout: str) -> dict:
 def _sizes_from_weights(table, state_dict: dict) -> dict:
     """The sizes of a CvT backbone that its weights' shapes show (`kernel_qkv` is None for
     stages without convolutional projections)."""
-    num_stages = table.count(state_dict, "stage{}_embedding/proj/kernel")
-    if num_stages == 0:
-        raise ValueError("No CvT token embedding found in the checkpoint.")
-    sizes = {name: [] for name in
-             ("hidden_sizes", "depths", "mlp_ratios", "patch_sizes", "kernel_qkv")}
-    for s in range(num_stages):
-        proj = table.tensor(state_dict, f"stage{s}_embedding/proj/kernel")
-        sizes["hidden_sizes"].append(int(proj.shape[0]))
-        sizes["patch_sizes"].append(int(proj.shape[-1]))
-        sizes["depths"].append(
-            table.count(state_dict, f"stage{s}_layer{{}}/layernorm_before/gamma"))
-        fc1 = table.tensor(state_dict, f"stage{s}_layer0/mlp/dense1/kernel")
-        sizes["mlp_ratios"].append(fc1.shape[0] / proj.shape[0])
+    sizes = stage_sizes(table, state_dict, "stage{s}_embedding", "stage{s}_layer{b}",
+                        "layernorm_before", "CvT")
+    sizes["kernel_qkv"] = []
+    for s in range(len(sizes["hidden_sizes"])):
         conv = table.tensor(
             state_dict, f"stage{s}_layer0/attention/convolution_projection_key/convolution/kernel")
         sizes["kernel_qkv"].append(int(conv.shape[-1]) if conv is not None else None)
-    channels = table.tensor(state_dict, "stage0_embedding/proj/kernel").shape[1]
-    sizes["image_shape"] = (None, None, int(channels))
     return sizes
 
 

@@ -11,7 +11,7 @@ from keras_pvt.checkpoints.keymap import fused, prefixed
 from keras_pvt.convert import glpn, segformer
 from keras_pvt.convert.classification import classifier_task
 from keras_pvt.convert.depth import depth_estimator_task
-from keras_pvt.convert.registry import Family, register
+from keras_pvt.convert.registry import Family, register, stage_sizes
 from keras_pvt.convert.segmentation import segmenter_task
 from keras_pvt.models.pvt_v2 import (
     PVTv2Backbone,
@@ -159,23 +159,13 @@ def backbone_kwargs_from_transformers(config: dict) -> dict:
 def sra_sizes_from_weights(table, state_dict: dict, family: str) -> dict:
     """The sizes of a PVT v1 / v2 backbone that its weights' shapes show: stage widths,
     patch kernels, depths, MLP ratios, reduction kernels and input channels."""
-    num_stages = table.count(state_dict, "stage{}_patch_embedding/proj/kernel")
-    if num_stages == 0:
-        raise ValueError(f"No {family} patch embedding found in the checkpoint.")
-    sizes = {name: [] for name in
-             ("hidden_sizes", "patch_sizes", "depths", "mlp_ratios", "sr_ratios")}
-    for s in range(num_stages):
-        proj = table.tensor(state_dict, f"stage{s}_patch_embedding/proj/kernel")
-        sizes["hidden_sizes"].append(int(proj.shape[0]))
-        sizes["patch_sizes"].append(int(proj.shape[-1]))
-        sizes["depths"].append(table.count(state_dict, f"stage{s}_block{{}}/layer_norm_1/gamma"))
-        fc1 = table.tensor(state_dict, f"stage{s}_block0/mlp/dense1/kernel")
-        ratio = fc1.shape[0] / proj.shape[0]
-        sizes["mlp_ratios"].append(int(ratio) if ratio == int(ratio) else ratio)
+    sizes = stage_sizes(table, state_dict, "stage{s}_patch_embedding", "stage{s}_block{b}",
+                        "layer_norm_1", family)
+    sizes["mlp_ratios"] = [int(r) if r == int(r) else r for r in sizes["mlp_ratios"]]
+    sizes["sr_ratios"] = []
+    for s in range(len(sizes["hidden_sizes"])):
         sr = table.tensor(state_dict, f"stage{s}_block0/attention/spatial_reduction/kernel")
         sizes["sr_ratios"].append(int(sr.shape[-1]) if sr is not None else 1)
-    channels = table.tensor(state_dict, "stage0_patch_embedding/proj/kernel").shape[1]
-    sizes["image_shape"] = (None, None, int(channels))
     return sizes
 
 

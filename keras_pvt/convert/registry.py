@@ -107,5 +107,28 @@ def register_task(family_name: str, task: Task) -> Task:
     return task
 
 
+def stage_sizes(table: KeyTable, state_dict: dict, embedding: str, layer: str,
+                first_norm: str, family: str) -> dict:
+    """The sizes every family's weights show per stage: widths and patch kernels (the
+    `embedding` convolution), depths (`first_norm` of each `layer`), MLP ratios, and the
+    input channels (`image_shape`). `embedding` and `layer` are Keras paths with `{s}`
+    (stage) and, for `layer`, `{b}` (block)."""
+    num_stages = table.count(state_dict, embedding.replace("{s}", "{}") + "/proj/kernel")
+    if num_stages == 0:
+        raise ValueError(f"No {family} patch embedding found in the checkpoint.")
+    sizes = {name: [] for name in ("hidden_sizes", "patch_sizes", "depths", "mlp_ratios")}
+    for s in range(num_stages):
+        proj = table.tensor(state_dict, embedding.format(s=s) + "/proj/kernel")
+        sizes["hidden_sizes"].append(int(proj.shape[0]))
+        sizes["patch_sizes"].append(int(proj.shape[-1]))
+        first = layer.format(s=s, b="{}") + f"/{first_norm}/gamma"
+        sizes["depths"].append(table.count(state_dict, first))
+        fc1 = table.tensor(state_dict, layer.format(s=s, b=0) + "/mlp/dense1/kernel")
+        sizes["mlp_ratios"].append(fc1.shape[0] / proj.shape[0])
+    channels = table.tensor(state_dict, embedding.format(s=0) + "/proj/kernel").shape[1]
+    sizes["image_shape"] = (None, None, int(channels))
+    return sizes
+
+
 def all_presets() -> dict[str, tuple[Family, Preset]]:
     return {name: (family, p) for family in FAMILIES for name, p in family.presets.items()}
